@@ -1,0 +1,226 @@
+"""Prediction types, training targets, loss weightings and time distributions.
+
+The math of what a denoiser predicts is written here once. With
+x_t = alpha x0 + sigma eps the four prediction types are
+
+- "epsilon": eps
+- "x0": x0
+- "v": alpha eps - sigma x0 (Salimans & Ho, 2022)
+- "flow": d x_t / dt = alpha' x0 + sigma' eps (for rectified flow, eps - x0)
+
+Given x_t, any prediction determines the pair (x0, eps), and the pair
+determines every prediction, so every conversion goes through
+`to_x0_epsilon` and `from_x0_epsilon`.
+"""
+
+from keras import ops
+from keras import random
+
+from keras_diffusion.schedules.schedule import broadcast_like
+
+PREDICTIONS = ("epsilon", "x0", "v", "flow")
+WEIGHTINGS = ("none", "min_snr", "elbo")
+TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "low_discrepancy")
+
+
+def validate_prediction(prediction):
+    """Returns `prediction` if it is a known prediction type, else raises."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(
+            f"Unknown `prediction`: {prediction!r}. Valid names: {list(PREDICTIONS)}"
+        )
+    return prediction
+
+
+def _coefficients(schedule, t, x, with_derivatives=False):
+    t = ops.cast(ops.convert_to_tensor(t), "float32")
+    alpha, sigma = schedule.alpha_sigma(t)
+    out = [alpha, sigma]
+    if with_derivatives:
+        out += list(schedule.alpha_sigma_derivatives(t))
+    return [ops.cast(broadcast_like(c, x), x.dtype) for c in out]
+
+
+def to_x0_epsilon(prediction, output, x_t, t, schedule):
+    """Converts a model output to the pair (x0, eps) it implies at (x_t, t).
+
+    Args:
+        prediction: what `output` is: "epsilon", "x0", "v" or "flow".
+        output: the model's prediction, shaped like `x_t`.
+        x_t: the noisy input.
+        t: times, shape `[batch]` or a scalar.
+        schedule: a `keras_diffusion.schedules.Schedule`.
+
+    Returns:
+        `(x0, eps)`, each shaped like `x_t`.
+    """
+    validate_prediction(prediction)
+    x_t = ops.convert_to_tensor(x_t)
+    output = ops.cast(output, x_t.dtype)
+    if prediction == "flow":
+        alpha, sigma, d_alpha, d_sigma = _coefficients(schedule, t, x_t, True)
+        # Solve [alpha sigma; alpha' sigma'] [x0; eps] = [x_t; flow].
+        det = alpha * d_sigma - sigma * d_alpha
+        return (
+            (d_sigma * x_t - sigma * output) / det,
+            (alpha * output - d_alpha * x_t) / det,
+        )
+    alpha, sigma = _coefficients(schedule, t, x_t)
+    if prediction == "epsilon":
+        return (x_t - sigma * output) / alpha, output
+    if prediction == "x0":
+        return output, (x_t - alpha * output) / sigma
+    # v = alpha eps - sigma x0, for any alpha and sigma.
+    norm = ops.square(alpha) + ops.square(sigma)
+    return (
+        (alpha * x_t - sigma * output) / norm,
+        (sigma * x_t + alpha * output) / norm,
+    )
+
+
+def from_x0_epsilon(prediction, x0, eps, t, schedule):
+    """The `prediction` implied by (x0, eps) at time t: the training target.
+
+    Args:
+        prediction: "epsilon", "x0", "v" or "flow".
+        x0: clean data.
+        eps: the noise.
+        t: times, shape `[batch]` or a scalar.
+        schedule: a `keras_diffusion.schedules.Schedule`.
+
+    Returns:
+        The target, shaped like `x0`.
+    """
+    validate_prediction(prediction)
+    x0 = ops.convert_to_tensor(x0)
+    eps = ops.cast(eps, x0.dtype)
+    if prediction == "x0":
+        return x0
+    if prediction == "epsilon":
+        return eps
+    if prediction == "v":
+        alpha, sigma = _coefficients(schedule, t, x0)
+        return alpha * eps - sigma * x0
+    _, _, d_alpha, d_sigma = _coefficients(schedule, t, x0, True)
+    return d_alpha * x0 + d_sigma * eps
+
+
+def convert(output, x_t, t, schedule, source, target):
+    """Converts a prediction of type `source` into one of type `target`.
+
+    Example:
+    >>> v = convert(eps_hat, x_t, t, schedule, source="epsilon", target="v")
+    """
+    validate_prediction(source)
+    validate_prediction(target)
+    if source == target:
+        return output
+    x0, eps = to_x0_epsilon(source, output, x_t, t, schedule)
+    return from_x0_epsilon(target, x0, eps, t, schedule)
+
+
+def x0_error_scale(prediction, t, schedule):
+    """The factor c(t) with ||pred - target||^2 = c(t) ||x0_hat - x0||^2.
+
+    At fixed x_t every prediction is an affine function of x0_hat, so a
+    squared error in any prediction space is a time-dependent multiple of the
+    squared error in x0: 1 for "x0", SNR for "epsilon",
+    (alpha^2 + sigma^2)^2 / sigma^2 for "v" and
+    (alpha' sigma - sigma' alpha)^2 / sigma^2 for "flow".
+    """
+    validate_prediction(prediction)
+    t = ops.cast(ops.convert_to_tensor(t), "float32")
+    alpha, sigma = schedule.alpha_sigma(t)
+    if prediction == "x0":
+        return ops.ones_like(t)
+    if prediction == "epsilon":
+        return ops.exp(schedule.log_snr(t))
+    if prediction == "v":
+        return ops.square(ops.square(alpha) + ops.square(sigma)) / ops.square(sigma)
+    d_alpha, d_sigma = schedule.alpha_sigma_derivatives(t)
+    return ops.square(d_alpha * sigma - d_sigma * alpha) / ops.square(sigma)
+
+
+def loss_weight(weighting, prediction, t, schedule, gamma=5.0):
+    """Per-example weight of the squared error of a `prediction`-type model.
+
+    Args:
+        weighting: "none" (weight 1 in the prediction's own space);
+            "min_snr": min(SNR, gamma) in x0 space (Hang et al., 2023), which
+            is min(SNR, gamma) / SNR for epsilon and min(SNR, gamma) / (SNR + 1)
+            for v on a VP schedule; "elbo": -1/2 d log_snr/dt in eps space,
+            which makes E_{t ~ U(0, 1)}[weight * sum of squared errors] the
+            continuous-time diffusion loss of the ELBO in nats (Kingma et al.,
+            2021, eq. 17). For t drawn from another distribution divide by its
+            density.
+        prediction: the model's prediction type.
+        t: times, shape `[batch]`.
+        schedule: a `keras_diffusion.schedules.Schedule`.
+        gamma: the min-SNR clip.
+
+    Returns:
+        Weights of shape `[batch]`.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(
+            f"Unknown `weighting`: {weighting!r}. Valid names: {list(WEIGHTINGS)}"
+        )
+    t = ops.cast(ops.convert_to_tensor(t), "float32")
+    if weighting == "none":
+        return ops.ones_like(t)
+    scale = x0_error_scale(prediction, t, schedule)
+    snr = ops.exp(schedule.log_snr(t))
+    if weighting == "min_snr":
+        if gamma <= 0:
+            raise ValueError(f"`gamma` must be positive, received gamma={gamma}")
+        return ops.minimum(snr, gamma) / scale
+    return -0.5 * schedule.d_log_snr(t) * snr / scale
+
+
+def sample_time(distribution, batch_size, schedule, seed=None, loc=0.0, scale=1.0):
+    """Draws training times in [schedule.t_min, 1].
+
+    Args:
+        distribution: "uniform"; "logit_normal", t = sigmoid(loc + scale * n)
+            (Esser et al., 2024); or "low_discrepancy", one uniform offset
+            shifted by i / batch_size per example, which lowers the variance of
+            the loss estimate (Kingma et al., 2021, appendix I.1).
+        batch_size: number of times to draw.
+        schedule: the schedule; its `t_min` bounds the times from below.
+        seed: a seed for `keras.random`.
+        loc, scale: logit-normal parameters.
+
+    Returns:
+        float32 times of shape `[batch_size]`.
+    """
+    if distribution not in TIME_DISTRIBUTIONS:
+        raise ValueError(
+            f"Unknown time `distribution`: {distribution!r}. "
+            f"Valid names: {list(TIME_DISTRIBUTIONS)}"
+        )
+    if distribution == "uniform":
+        u = random.uniform((batch_size,), seed=seed)
+    elif distribution == "logit_normal":
+        u = ops.sigmoid(loc + scale * random.normal((batch_size,), seed=seed))
+    else:
+        offset = random.uniform((), seed=seed)
+        steps = ops.cast(ops.arange(batch_size), "float32") / batch_size
+        u = ops.mod(offset + steps, 1.0)
+    return schedule.t_min + (1.0 - schedule.t_min) * u
+
+
+def time_density(distribution, t, schedule, loc=0.0, scale=1.0):
+    """The density of `sample_time(distribution, ...)` at `t`."""
+    if distribution not in TIME_DISTRIBUTIONS:
+        raise ValueError(
+            f"Unknown time `distribution`: {distribution!r}. "
+            f"Valid names: {list(TIME_DISTRIBUTIONS)}"
+        )
+    t = ops.cast(ops.convert_to_tensor(t), "float32")
+    width = 1.0 - schedule.t_min
+    if distribution != "logit_normal":
+        return ops.ones_like(t) / width
+    u = (t - schedule.t_min) / width
+    z = (ops.log(u) - ops.log1p(-u) - loc) / scale
+    normal = ops.exp(-0.5 * ops.square(z)) / (scale * (2 * 3.141592653589793) ** 0.5)
+    return normal / (u * (1.0 - u)) / width

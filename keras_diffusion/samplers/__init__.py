@@ -1,0 +1,1 @@
+"""Samplers: see DESIGN.md for the contract."""
