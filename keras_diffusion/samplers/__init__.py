@@ -1,1 +1,32 @@
-"""Samplers: see DESIGN.md for the contract."""
+"""Samplers: stateless objects with `sample(model_fn, noise, *, schedule, prediction, ...)`."""
+
+from keras_diffusion.samplers.ddim_sampler import DDIMSampler
+from keras_diffusion.samplers.sampler import Sampler
+from keras_diffusion.samplers.spacing import SPACINGS
+from keras_diffusion.samplers.spacing import make_timesteps
+
+_NAMES = {
+    "ddim": DDIMSampler,
+}
+
+
+def get(identifier, **kwargs):
+    """Returns a sampler from a name, a config dict or a sampler instance.
+
+    Args:
+        identifier: a snake_case name (see `keras_diffusion.samplers._NAMES`),
+            a dict from `keras.saving.serialize_keras_object`, or a `Sampler`.
+        **kwargs: constructor options when `identifier` is a name.
+
+    Example:
+    >>> keras_diffusion.samplers.get("ddim", eta=0.0)
+    """
+    if isinstance(identifier, Sampler):
+        return identifier
+    if isinstance(identifier, dict):
+        import keras
+
+        return keras.saving.deserialize_keras_object(identifier)
+    if isinstance(identifier, str) and identifier in _NAMES:
+        return _NAMES[identifier](**kwargs)
+    raise ValueError(f"Unknown sampler: {identifier!r}. Valid names: {sorted(_NAMES)}")
