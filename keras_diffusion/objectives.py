@@ -13,6 +13,8 @@ determines every prediction, so every conversion goes through
 `to_x0_epsilon` and `from_x0_epsilon`.
 """
 
+import math
+
 from keras import ops
 from keras import random
 
@@ -221,6 +223,8 @@ def time_density(distribution, t, schedule, loc=0.0, scale=1.0):
     if distribution != "logit_normal":
         return ops.ones_like(t) / width
     u = (t - schedule.t_min) / width
+    inside = (u > 0.0) & (u < 1.0)
+    u = ops.where(inside, u, 0.5)
     z = (ops.log(u) - ops.log1p(-u) - loc) / scale
-    normal = ops.exp(-0.5 * ops.square(z)) / (scale * (2 * 3.141592653589793) ** 0.5)
-    return normal / (u * (1.0 - u)) / width
+    normal = ops.exp(-0.5 * ops.square(z)) / (scale * (2 * math.pi) ** 0.5)
+    return ops.where(inside, normal / (u * (1.0 - u)) / width, 0.0)

@@ -1,0 +1,146 @@
+"""Prediction conversions, targets, loss weightings and time distributions."""
+
+import itertools
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_diffusion import objectives
+from keras_diffusion import schedules
+from keras_diffusion.testing import TestCase
+
+SCHEDULES = [
+    schedules.CosineSchedule(),
+    schedules.LinearSchedule(),
+    schedules.VESchedule(sigma_min=0.01, sigma_max=20.0),
+    schedules.RectifiedFlowSchedule(),
+    schedules.RectifiedFlowSchedule(shift=3.0),
+]
+
+
+def _np(x):
+    return np.asarray(ops.convert_to_numpy(x), np.float64)
+
+
+@pytest.mark.jax
+class ObjectivesTest(TestCase):
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(0)
+        self.x0 = rng.uniform(-1, 1, size=(4, 3, 3, 2)).astype("float32")
+        self.eps = rng.normal(size=self.x0.shape).astype("float32")
+        self.t = np.array([0.05, 0.3, 0.6, 0.95], "float32")
+
+    def test_every_conversion_round_trips(self):
+        for schedule in SCHEDULES:
+            x_t = schedule.add_noise(self.x0, self.eps, self.t)
+            targets = {
+                p: objectives.from_x0_epsilon(p, self.x0, self.eps, self.t, schedule)
+                for p in objectives.PREDICTIONS
+            }
+            for source, target in itertools.product(objectives.PREDICTIONS, repeat=2):
+                converted = objectives.convert(
+                    targets[source], x_t, self.t, schedule, source, target
+                )
+                scale = np.abs(_np(targets[target])).max()
+                self.assertAllClose(
+                    _np(converted) / scale,
+                    _np(targets[target]) / scale,
+                    atol=2e-5,
+                    msg=f"{type(schedule).__name__} {source}->{target}",
+                )
+            x0, eps = objectives.to_x0_epsilon("v", targets["v"], x_t, self.t, schedule)
+            self.assertAllClose(x0, self.x0, atol=1e-4)
+            self.assertAllClose(eps, self.eps, atol=1e-4)
+
+    def test_flow_is_the_time_derivative_of_x_t(self):
+        # Midpoints of the discrete schedules' grid cells (no kink inside).
+        t = self.t + np.float32(5e-4)
+        h = 2e-4
+        for schedule in SCHEDULES:
+            flow = objectives.from_x0_epsilon("flow", self.x0, self.eps, t, schedule)
+            hi = schedule.add_noise(self.x0, self.eps, t + h)
+            lo = schedule.add_noise(self.x0, self.eps, t - h)
+            fd = (_np(hi) - _np(lo)) / (2 * h)
+            scale = np.abs(fd).max()
+            self.assertAllClose(_np(flow) / scale, fd / scale, atol=3e-3)
+
+    def test_rectified_flow_velocity_is_eps_minus_x0(self):
+        schedule = schedules.RectifiedFlowSchedule()
+        flow = objectives.from_x0_epsilon("flow", self.x0, self.eps, self.t, schedule)
+        self.assertAllClose(flow, self.eps - self.x0, atol=1e-6)
+
+    def test_v_matches_salimans_and_ho(self):
+        schedule = schedules.CosineSchedule()
+        alpha, sigma = map(_np, schedule.alpha_sigma(self.t))
+        v = objectives.from_x0_epsilon("v", self.x0, self.eps, self.t, schedule)
+        expected = alpha[:, None, None, None] * self.eps - sigma[:, None, None, None] * self.x0
+        self.assertAllClose(v, expected, atol=1e-6)
+
+    def test_error_scale_relates_prediction_spaces(self):
+        # The same x0 error, seen in each prediction space.
+        rng = np.random.default_rng(1)
+        delta = rng.normal(size=self.x0.shape).astype("float32") * 0.1
+        for schedule in SCHEDULES:
+            x_t = schedule.add_noise(self.x0, self.eps, self.t)
+            x0_err = np.sum(_np(delta) ** 2, axis=(1, 2, 3))
+            for p in objectives.PREDICTIONS:
+                good = objectives.from_x0_epsilon(p, self.x0, self.eps, self.t, schedule)
+                alpha, sigma = schedule.alpha_sigma(self.t)
+                bad_x0 = self.x0 + delta
+                bad_eps = (x_t - alpha[:, None, None, None] * bad_x0) / sigma[:, None, None, None]
+                bad = objectives.from_x0_epsilon(p, bad_x0, bad_eps, self.t, schedule)
+                err = np.sum((_np(bad) - _np(good)) ** 2, axis=(1, 2, 3))
+                scale = _np(objectives.x0_error_scale(p, self.t, schedule))
+                self.assertAllClose(err, scale * x0_err, rtol=2e-3, msg=p)
+
+    def test_min_snr_weights_match_hang_et_al(self):
+        schedule = schedules.CosineSchedule()
+        snr = np.exp(_np(schedule.log_snr(self.t)))
+        gamma = 5.0
+        for p, expected in {
+            "epsilon": np.minimum(snr, gamma) / snr,
+            "x0": np.minimum(snr, gamma),
+            "v": np.minimum(snr, gamma) / (snr + 1),
+        }.items():
+            w = objectives.loss_weight("min_snr", p, self.t, schedule, gamma=gamma)
+            self.assertAllClose(w, expected, rtol=1e-4, msg=p)
+        self.assertAllClose(
+            objectives.loss_weight("none", "v", self.t, schedule), np.ones(4)
+        )
+
+    def test_elbo_weight_is_vdm_eq_17(self):
+        for schedule in SCHEDULES:
+            d = _np(schedule.d_log_snr(self.t))
+            w = objectives.loss_weight("elbo", "epsilon", self.t, schedule)
+            self.assertAllClose(w, -0.5 * d, rtol=1e-4)
+            # Equal weighted losses across prediction spaces.
+            w_x0 = _np(objectives.loss_weight("elbo", "x0", self.t, schedule))
+            snr = np.exp(_np(schedule.log_snr(self.t)))
+            self.assertAllClose(w_x0, -0.5 * d * snr, rtol=1e-3)
+
+    def test_time_distributions(self):
+        schedule = schedules.LinearSchedule()
+        for name in objectives.TIME_DISTRIBUTIONS:
+            t = _np(objectives.sample_time(name, 512, schedule, seed=3))
+            self.assertEqual(t.shape, (512,))
+            self.assertTrue(np.all(t >= schedule.t_min) and np.all(t <= 1.0), name)
+        t = np.sort(_np(objectives.sample_time("low_discrepancy", 8, schedule, seed=1)))
+        self.assertAllClose(np.diff(t), np.full(7, (1 - schedule.t_min) / 8), atol=1e-5)
+        u = np.linspace(1e-3, 1 - 1e-6, 200001)
+        density = _np(objectives.time_density("logit_normal", u, schedule))
+        self.assertAllClose(np.trapezoid(density, u), 1.0, atol=2e-3)
+        median = np.median(_np(objectives.sample_time("logit_normal", 4096, schedule, seed=2)))
+        self.assertAllClose(median, 0.5, atol=0.03)
+
+    def test_bad_names(self):
+        schedule = schedules.CosineSchedule()
+        with self.assertRaisesWithArgument(ValueError, "prediction", "'eps'", "epsilon"):
+            objectives.from_x0_epsilon("eps", self.x0, self.eps, self.t, schedule)
+        with self.assertRaisesWithArgument(ValueError, "weighting", "'snr'", "min_snr"):
+            objectives.loss_weight("snr", "epsilon", self.t, schedule)
+        with self.assertRaisesWithArgument(ValueError, "distribution", "'beta'"):
+            objectives.sample_time("beta", 4, schedule)
+        with self.assertRaisesWithArgument(ValueError, "gamma=0"):
+            objectives.loss_weight("min_snr", "epsilon", self.t, schedule, gamma=0)
