@@ -1,0 +1,1 @@
+"""Small utilities (image conversion and grids)."""
