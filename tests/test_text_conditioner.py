@@ -22,7 +22,8 @@ class TextConditionerOpsTest(TestCase):
     def test_token_ids_outputs(self):
         conditioner = TextConditioner(**SMALL)
         ids = np.array([[3, 2, 5, 0, 0], [0, 0, 0, 0, 0]], "int32")
-        out = conditioner(ids)
+        self.assertEqual(tuple(conditioner(ids).shape), (2, 6, 16))
+        out = conditioner.encode(ids)
         self.assertEqual(tuple(out["context"].shape), (2, 6, 16))
         self.assertEqual(tuple(out["pooled"].shape), (2, 16))
         self.assertFalse(np.isnan(ops.convert_to_numpy(out["context"])).any())
@@ -30,7 +31,9 @@ class TextConditionerOpsTest(TestCase):
         self.assertAllClose(out["pooled"][1:], conditioner.null_context(1)["pooled"], atol=1e-6)
         # "first" pooling: the start token's state.
         first = TextConditioner(**SMALL, pooling="first")
-        self.assertEqual(tuple(first(ids)["pooled"].shape), (2, 16))
+        self.assertEqual(tuple(first.encode(ids)["pooled"].shape), (2, 16))
+        with_pooled = TextConditioner(**SMALL, return_pooled=True)
+        self.assertEqual(set(with_pooled(ids)), {"context", "pooled"})
 
     def test_bad_arguments(self):
         with self.assertRaisesWithArgument(ValueError, "pooling", "'max'"):
@@ -60,12 +63,13 @@ class TextConditionerTest(TestCase):
         self.assertEqual(ids.shape, (2, 5))
         self.assertEqual(list(ids[1]), [0] * 5)
         self.assertEqual(list(ids[0][3:]), [0, 0])
-        out = conditioner(["a handwritten seven", ""])
+        self.assertEqual(tuple(conditioner(["a", ""]).shape), (2, 6, 16))
+        out = conditioner.encode(["a handwritten seven", ""])
         self.assertEqual(tuple(out["context"].shape), (2, 6, 16))
         # The empty prompt is the unconditional input.
         self.assertAllClose(out["context"][1:], conditioner.null_context(1)["context"], atol=1e-6)
         # Case and punctuation are standardized; different prompts differ.
-        again = conditioner(["A Handwritten SEVEN.", "the digit 1"])
+        again = conditioner.encode(["A Handwritten SEVEN.", "the digit 1"])
         self.assertAllClose(again["pooled"][0], out["pooled"][0], atol=1e-6)
         self.assertFalse(np.allclose(ops.convert_to_numpy(again["pooled"][1]),
                                      ops.convert_to_numpy(out["pooled"][0])))
@@ -75,7 +79,7 @@ class TextConditionerTest(TestCase):
         long_prompt = "the digit 7 a handwritten seven one"  # 7 words > 5
         truncated = "the digit 7 a handwritten"
         self.assertAllClose(
-            conditioner([long_prompt])["context"], conditioner([truncated])["context"], atol=1e-6
+            conditioner([long_prompt]), conditioner([truncated]), atol=1e-6
         )
         strict = _adapted(on_overflow="error")
         strict([truncated])
@@ -114,7 +118,7 @@ class TextConditionerTest(TestCase):
         import keras
         import tensorflow as tf
 
-        conditioner = _adapted()
+        conditioner = _adapted(return_pooled=True)
         inputs = keras.Input(shape=(), dtype="string")
         model = keras.Model(inputs, conditioner(inputs))
         prompts = tf.constant(["the digit 7", "", "a handwritten one"])
@@ -129,11 +133,11 @@ class TextConditionerTest(TestCase):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def encode(prompts):
-            return conditioner(prompts)["pooled"]
+            return conditioner.encode(prompts)["pooled"]
 
         self.assertAllClose(
             encode(tf.constant(["the digit 7"])),
-            conditioner(["the digit 7"])["pooled"],
+            conditioner.encode(["the digit 7"])["pooled"],
             atol=1e-6,
         )
 
@@ -143,7 +147,8 @@ class TextConditionerTest(TestCase):
 
         conditioner = _adapted()
         inputs = keras.Input(shape=(), dtype="string")
-        model = keras.Model(inputs, keras.layers.Dense(1)(conditioner(inputs)["pooled"]))
+        pooled = keras.layers.GlobalAveragePooling1D()(conditioner(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=False)
         before = [ops.convert_to_numpy(w) for w in conditioner.trainable_weights]
         model.fit(tf.constant(CAPTIONS), np.ones((4, 1), "float32"), epochs=1, verbose=0)

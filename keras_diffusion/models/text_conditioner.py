@@ -99,6 +99,9 @@ class TextConditioner(keras.layers.Layer):
     Transformer blocks whose attention ignores padding keys, a final
     LayerNorm. Called on a batch of prompts (strings, shape `(B,)`) or of
     token ids (`(B, sequence_length - 1)` integers from `tokenize`), it returns
+    the context `(B, sequence_length, embedding_dim)` (what
+    `DiffusionModel(text_encoder=...)` expects), or with `return_pooled=True`
+    (and always from `encode(prompts)`) the dict
 
         {"context": (B, sequence_length, embedding_dim),
          "pooled": (B, embedding_dim)}
@@ -120,12 +123,16 @@ class TextConditioner(keras.layers.Layer):
         pooling: `"mean"` or `"first"`.
         on_overflow: `"truncate"` or `"error"` for prompts with more than
             `sequence_length - 1` words.
+        return_pooled: whether calling the layer returns the dict with the
+            pooled vector rather than the context alone.
         **kwargs: base layer arguments (`trainable`, `name`, `dtype`).
 
     Example:
     >>> conditioner = TextConditioner(sequence_length=8, embedding_dim=64)
     >>> conditioner.adapt(["a handwritten seven", "the digit 7"])
-    >>> out = conditioner(["a handwritten seven", ""])
+    >>> conditioner(["a handwritten seven", ""]).shape
+    (2, 8, 64)
+    >>> out = conditioner.encode(["a handwritten seven", ""])
     >>> out["context"].shape, out["pooled"].shape
     ((2, 8, 64), (2, 64))
 
@@ -147,6 +154,7 @@ class TextConditioner(keras.layers.Layer):
         dropout=0.0,
         pooling="mean",
         on_overflow="truncate",
+        return_pooled=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -182,6 +190,7 @@ class TextConditioner(keras.layers.Layer):
         self.dropout = float(dropout)
         self.pooling = pooling
         self.on_overflow = on_overflow
+        self.return_pooled = bool(return_pooled)
         self.max_words = self.sequence_length - 1
 
         self.vectorizer = None
@@ -380,21 +389,38 @@ class TextConditioner(keras.layers.Layer):
     def call(self, inputs, training=None):
         if self._is_string(inputs):
             inputs = self.tokenize(inputs)
-        return self.encode_tokens(inputs, training=training)
+        out = self.encode_tokens(inputs, training=training)
+        return out if self.return_pooled else out["context"]
+
+    def encode(self, prompts, training=None):
+        """`{"context", "pooled"}` of a batch of prompts (or token ids)."""
+        if isinstance(prompts, str) or (
+            isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)
+        ):
+            prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if self._is_string(prompts):
+            prompts = self.tokenize(prompts)
+        if not self.built:
+            self.build()
+        return self.encode_tokens(prompts, training=training)
 
     def null_context(self, batch_size=1):
-        """The empty prompt's outputs: the unconditional input for guidance."""
+        """The empty prompt's `{"context", "pooled"}`: the unconditional input
+        for classifier-free guidance."""
+        if not self.built:
+            self.build()
         ids = ops.zeros((batch_size, self.max_words), dtype="int32")
         return self.encode_tokens(ids)
 
     def compute_output_spec(self, inputs, training=None):
         batch = inputs.shape[0] if len(inputs.shape) else None
-        return {
-            "context": keras.KerasTensor(
-                (batch, self.sequence_length, self.embedding_dim), dtype=self.compute_dtype
-            ),
-            "pooled": keras.KerasTensor((batch, self.embedding_dim), dtype=self.compute_dtype),
-        }
+        context = keras.KerasTensor(
+            (batch, self.sequence_length, self.embedding_dim), dtype=self.compute_dtype
+        )
+        if not self.return_pooled:
+            return context
+        pooled = keras.KerasTensor((batch, self.embedding_dim), dtype=self.compute_dtype)
+        return {"context": context, "pooled": pooled}
 
     # --- serialization ---------------------------------------------------------
     def get_config(self):
@@ -411,6 +437,7 @@ class TextConditioner(keras.layers.Layer):
                 "dropout": self.dropout,
                 "pooling": self.pooling,
                 "on_overflow": self.on_overflow,
+                "return_pooled": self.return_pooled,
             }
         )
         return config
