@@ -642,9 +642,12 @@ class DiffusionModel(keras.Model):
             self.weighting, self.prediction, t, self.schedule, gamma=self.min_snr_gamma
         )
         if self.weighting == "elbo":
+            # Clip t off the ends, where the logit-normal density is 0 in
+            # float32 and the weight would be inf.
+            inner = ops.clip(t, self.schedule.t_min + 1e-5, 1.0 - 1e-5)
             weight = weight / objectives.time_density(
                 self.time_distribution,
-                t,
+                inner,
                 self.schedule,
                 loc=self.logit_normal_loc,
                 scale=self.logit_normal_scale,
