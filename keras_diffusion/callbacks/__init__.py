@@ -1,1 +1,2 @@
 """keras_diffusion.callbacks."""
+from keras_diffusion.callbacks.kid_callback import KIDCallback
