@@ -150,7 +150,7 @@ def main():
         "",
         "Hutchinson: one fixed probe set per path; the error of the mean is probe noise",
         "(stderr column), Rademacher probes having far less variance than Gaussian ones here.",
-        "Per point the ELBO is a one-sample Monte Carlo estimate and bounds the model's",
+        "Per point the ELBO is a Monte Carlo estimate (MC samples column) and bounds the model's",
         "own density, not q, so single points can fall on either side; the mean is a bound.",
         "\"small\" (posterior variance beta~_t) is a valid but loose bound for smooth data;",
         "\"large\" (beta_t) is near-optimal here.",
