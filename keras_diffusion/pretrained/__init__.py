@@ -1,1 +1,2 @@
 """keras_diffusion.pretrained."""
+from keras_diffusion.pretrained import stable_diffusion
