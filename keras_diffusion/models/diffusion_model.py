@@ -1044,6 +1044,8 @@ class DiffusionModel(keras.Model):
         if key not in self._generate_fns:
             import tensorflow as tf
 
+            # The sampler loop is an ops.fori_loop already: no AutoGraph.
+            run = tf.autograph.experimental.do_not_convert(run)
             self._generate_fns[key] = tf.function(run, jit_compile=bool(jit_compile))
         return self._generate_fns[key]
 
