@@ -18,7 +18,8 @@ def broadcast_like(t, x):
     t = ops.convert_to_tensor(t)
     if len(t.shape) == 0:
         return t
-    return ops.reshape(t, tuple(t.shape) + (1,) * (len(x.shape) - len(t.shape)))
+    # -1 keeps an unknown (symbolic) batch size working.
+    return ops.reshape(t, (-1,) + (1,) * (len(x.shape) - 1))
 
 
 def _float(t):
