@@ -28,6 +28,8 @@ _LAZY = {
     "find_unreadable_images": "image_folder",
     "tfrecord_dataset": "tfrecord",
     "write_tfrecords": "tfrecord",
+    "toy2d_dataset": "toy2d",
+    "toy2d_points": "toy2d",
     "tfds_dataset": "tfds",
     "check_tfds_available": "tfds",
     "DatasetUnavailableError": "tfds",

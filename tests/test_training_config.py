@@ -1,0 +1,127 @@
+"""training/: config files, config checks and start-up errors (no training)."""
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from keras_diffusion.testing import TestCase
+from training.lib import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ("base", "mnist", "toy2d", "cifar10_ddpm", "latent_dit_flow", "sd_lora")
+
+
+def get_config(name):
+    return importlib.import_module(f"training.configs.{name}").get_config()
+
+
+class ConfigTest(TestCase):
+    def test_every_config_is_valid(self):
+        for name in CONFIGS:
+            config = get_config(name)
+            if config.data.name in ("image_folder", "tfrecord"):
+                config.data.path = "/some/folder"
+            config_lib.validate(config)
+
+    def test_unknown_key_is_an_error(self):
+        config = get_config("mnist")
+        with config.unlocked() if hasattr(config, "unlocked") else _null():
+            config.optim.learning_rte = 1.0
+        with self.assertRaisesRegex(config_lib.ConfigError, "optim.learning_rte"):
+            config_lib.validate(config)
+
+    def test_bad_values_are_errors(self):
+        config = get_config("mnist")
+        config.train.checkpoint_every = 300
+        with self.assertRaisesRegex(config_lib.ConfigError, "checkpoint_every=300"):
+            config_lib.validate(config)
+        config = get_config("mnist")
+        config.data.image_size = 30
+        with self.assertRaisesRegex(config_lib.ConfigError, "image_size=30"):
+            config_lib.validate(config)
+        config = get_config("latent_dit_flow")
+        with self.assertRaisesRegex(config_lib.ConfigError, "data.path"):
+            config_lib.validate(config)
+        with self.assertRaisesRegex(config_lib.ConfigError, "batch_size=63.*2"):
+            config_lib.check_batch_size(63, 2)
+
+    def test_workdir_config(self):
+        workdir = self.get_temp_dir()
+        config = get_config("toy2d")
+        with self.assertRaisesRegex(config_lib.ConfigError, "No --config"):
+            config_lib.resolve(None, workdir)
+        resolved, saved = config_lib.resolve(config, workdir)
+        self.assertFalse(saved)
+        config_lib.write(resolved, workdir)
+        # --workdir alone reads the config back.
+        again, saved = config_lib.resolve(None, workdir)
+        self.assertTrue(saved)
+        self.assertEqual(config_lib.to_dict(again), config_lib.to_dict(config))
+        # Training longer is allowed; a different model is not.
+        longer = get_config("toy2d")
+        longer.train.num_steps = 4000
+        config_lib.resolve(longer, workdir)
+        other = get_config("toy2d")
+        other.optim.lr = 0.5
+        with self.assertRaisesRegex(config_lib.ConfigError, "optim.lr"):
+            config_lib.resolve(other, workdir)
+        config_lib.resolve(other, workdir, allow_change=True)
+
+    def test_missing_datasets_fail_fast(self):
+        from training.lib import builders
+
+        config = get_config("cifar10_ddpm")
+        config.data.data_dir = self.get_temp_dir()
+        with self.assertRaisesRegex(Exception, "cifar10"):
+            builders.check_data_available(config)
+        config = get_config("latent_dit_flow")
+        config.data.path = "/no/such/folder"
+        with self.assertRaisesRegex(FileNotFoundError, "/no/such/folder"):
+            builders.check_data_available(config)
+
+    def test_jit_per_strategy(self):
+        from training.lib import strategy as strategy_lib
+
+        self.assertFalse(strategy_lib.choose_jit_compile("auto", "mirrored"))
+        self.assertTrue(strategy_lib.choose_jit_compile("auto", "tpu"))
+        self.assertTrue(strategy_lib.choose_jit_compile(True, "default"))
+        with self.assertRaisesRegex(RuntimeError, "TPU"):
+            strategy_lib.make_strategy("tpu", get_config("mnist"))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+
+def run_cli(*args, env=None, timeout=240):
+    return subprocess.run(
+        [sys.executable, "-m", "training.train", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+    )
+
+
+def test_cli_rejects_bad_input_before_compute(tmp_path):
+    """Unknown override keys and a different config in the workdir: clear errors."""
+    proc = run_cli("--config=training/configs/toy2d.py", "--config.optim.lrr=1",
+                   f"--workdir={tmp_path}")
+    assert proc.returncode != 0
+    assert "lrr" in proc.stderr
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    other = get_config("toy2d")
+    other.model.prediction = "x0"
+    config_lib.write(other, str(workdir))
+    proc = run_cli("--config=training/configs/toy2d.py", f"--workdir={workdir}")
+    assert proc.returncode != 0
+    assert "different config" in proc.stderr and "model.prediction" in proc.stderr
+    assert not (workdir / "checkpoints").exists()

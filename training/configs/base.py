@@ -1,0 +1,101 @@
+"""Every key a training config may have, with its default.
+
+Config files start from `get_base_config()` and change values; a key that is
+not here is an error (`training.lib.config.validate`), so a typo fails at
+start instead of being ignored. Free-form keyword arguments go in the
+`*_kwargs` dicts.
+"""
+
+import ml_collections
+
+
+def get_base_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = data = ml_collections.ConfigDict()
+    # "mnist", "toy2d", "image_folder", "tfrecord" or "tfds".
+    data.name = "mnist"
+    data.path = ""  # image folder, or TFRecord glob
+    data.tfds_name = ""  # tensorflow-datasets name (data.name == "tfds")
+    data.split = "train"
+    data.data_dir = ""  # tensorflow-datasets data_dir ("" = default)
+    data.image_size = 32
+    data.channels = 3
+    data.crop = "center"
+    data.labels = True  # read class labels
+    data.captions = False  # read captions ("text")
+    data.random_flip = False
+    data.cache = True
+    data.shuffle_buffer = 10_000
+    data.batch_size = 64  # global batch size, over all replicas
+    data.toy2d_dataset = "gaussian_mixture"  # data.name == "toy2d"
+    data.toy2d_num_points = 4096
+
+    config.model = model = ml_collections.ConfigDict()
+    # "diffusion" (DiffusionModel), "latent" (LatentDiffusionModel) or
+    # "sd_lora" (Stable Diffusion through keras_diffusion.pretrained).
+    model.kind = "diffusion"
+    model.denoiser = "unet"  # "unet", "dit", "mlp"
+    model.denoiser_kwargs = ml_collections.ConfigDict(
+        {"base_channels": 32, "channel_multipliers": (1, 2, 2), "num_res_blocks": 1}
+    )
+    model.preset = ""  # a denoiser preset name (from_preset) instead
+    model.schedule = "cosine"
+    model.schedule_kwargs = ml_collections.ConfigDict()
+    model.prediction = "epsilon"
+    model.weighting = "none"
+    model.time_distribution = "uniform"
+    model.num_classes = 0  # 0: unconditional
+    model.condition_dropout = 0.1
+    model.kwargs = ml_collections.ConfigDict()  # other model arguments
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = "adamw"  # "adamw" or "adam"
+    optim.lr = 2e-4
+    optim.lr_schedule = "constant"  # "constant" or "cosine" (after warmup)
+    optim.warmup_steps = 100
+    optim.weight_decay = 0.0
+    optim.clipnorm = 1.0  # 0: none
+    optim.ema = True
+    optim.ema_momentum = 0.999
+    optim.gradient_accumulation_steps = 1
+
+    config.train = train = ml_collections.ConfigDict()
+    train.num_steps = 1000
+    # One checkpoint every this many steps; num_steps must be a multiple.
+    train.checkpoint_every = 200
+    train.keep_checkpoints = 3
+    train.log_every = 50
+    train.sample_every = 500  # sample grid to TensorBoard; 0: never
+    train.num_sample_images = 16
+    train.jit_compile = "auto"  # "auto": XLA where the strategy and device allow it
+    train.steps_per_execution = 1
+    train.mixed_precision = False
+    train.deterministic = False  # tf.config.experimental.enable_op_determinism()
+
+    config.sample = sample = ml_collections.ConfigDict()
+    sample.sampler = "ddim"
+    sample.num_steps = 50
+    sample.guidance_scale = 1.0
+    sample.num_images = 64
+    sample.batch_size = 64
+    sample.seed = 0
+    sample.use_ema = True
+
+    config.eval = ev = ml_collections.ConfigDict()
+    ev.num_batches = 8  # batches of training data for `--mode eval`
+    ev.batch_size = 64
+
+    config.export = ex = ml_collections.ConfigDict()
+    ex.sampler = "ddim"  # num_steps and guidance_scale are inputs of the SavedModel
+
+    config.distribution = dist = ml_collections.ConfigDict()
+    # Logical CPU devices for --strategy=mirrored on a machine without GPUs.
+    dist.num_cpu_replicas = 2
+    dist.tpu = ""  # TPU name/address for --strategy=tpu
+    return config
+
+
+def get_config():
+    return get_base_config()

@@ -1,0 +1,159 @@
+"""Config checks: unknown keys, the workdir's config, batch vs replicas."""
+
+import json
+import os
+
+import ml_collections
+
+from training.configs.base import get_base_config
+
+CONFIG_FILE = "config.json"
+# Keys a resumed run may change without --allow_config_change.
+CHANGEABLE = ("train.num_steps", "train.log_every", "train.sample_every",
+              "train.num_sample_images", "sample.", "eval.", "export.",
+              "distribution.")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run: reported before any compute is spent."""
+
+
+def _is_free_form(path):
+    return path.split(".")[-1].endswith("kwargs")
+
+
+def validate(config, base=None, prefix=""):
+    """Raises `ConfigError` naming each key of `config` missing from the base schema."""
+    base = get_base_config() if base is None else base
+    unknown = []
+
+    def walk(cfg, ref, prefix):
+        for key in cfg.keys():
+            path = prefix + key
+            if key not in ref:
+                unknown.append(path)
+                continue
+            value, ref_value = cfg[key], ref[key]
+            if _is_free_form(path):
+                continue
+            if isinstance(ref_value, ml_collections.ConfigDict):
+                if not isinstance(value, (ml_collections.ConfigDict, dict)):
+                    raise ConfigError(f"Config key {path!r} must be a dict, got {value!r}")
+                walk(value, ref_value, path + ".")
+
+    walk(config, base, prefix)
+    if unknown:
+        raise ConfigError(
+            f"Unknown config keys: {unknown}. Valid keys are those of "
+            "training/configs/base.py (typo?)."
+        )
+    _check_values(config)
+    return config
+
+
+def _check_values(config):
+    t = config.train
+    if t.num_steps <= 0:
+        raise ConfigError(f"train.num_steps must be positive, got {t.num_steps}")
+    if t.checkpoint_every <= 0 or t.num_steps % t.checkpoint_every:
+        raise ConfigError(
+            f"train.num_steps={t.num_steps} must be a positive multiple of "
+            f"train.checkpoint_every={t.checkpoint_every}"
+        )
+    if config.data.batch_size <= 0:
+        raise ConfigError(f"data.batch_size must be positive, got {config.data.batch_size}")
+    names = ("mnist", "toy2d", "image_folder", "tfrecord", "tfds")
+    if config.data.name not in names:
+        raise ConfigError(f"Unknown data.name={config.data.name!r}. Valid names: {list(names)}")
+    if config.data.name in ("image_folder", "tfrecord") and not config.data.path:
+        raise ConfigError(
+            f"data.name={config.data.name!r} needs data.path (--config.data.path=...)"
+        )
+    if config.data.name == "tfds" and not config.data.tfds_name:
+        raise ConfigError("data.name='tfds' needs data.tfds_name")
+    if config.model.denoiser == "unet" and config.data.image_size and not config.model.preset:
+        mults = config.model.denoiser_kwargs.get("channel_multipliers", (1, 2, 2, 2))
+        factor = 2 ** (len(mults) - 1)
+        if config.data.image_size % factor:
+            raise ConfigError(
+                f"data.image_size={config.data.image_size} must be divisible by "
+                f"2**(len(channel_multipliers) - 1) = {factor} for the UNet"
+            )
+
+
+def to_dict(config):
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _diff(a, b, prefix=""):
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        path = prefix + k
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict) and not _is_free_form(path):
+            out += _diff(a[k], b[k], path + ".")
+        elif a.get(k) != b.get(k):
+            out.append(path)
+    return out
+
+
+def resolve(config, workdir, allow_change=False):
+    """The config to run: `config` checked against the workdir's, or the workdir's.
+
+    Returns `(config, saved)`: `saved` is whether the workdir already has it.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    saved = None
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+    if config is None:
+        if saved is None:
+            raise ConfigError(
+                f"No --config given and workdir={workdir!r} holds no {CONFIG_FILE}: "
+                "pass --config=training/configs/<name>.py"
+            )
+        config = _from_dict(saved)
+    validate(config)
+    if saved is not None:
+        changed = [k for k in _diff(saved, to_dict(config))
+                   if not any(k == c or (c.endswith(".") and k.startswith(c)) for c in CHANGEABLE)]
+        if changed and not allow_change:
+            raise ConfigError(
+                f"workdir={workdir!r} holds a run with a different config (changed keys: "
+                f"{changed}). Use another --workdir, or pass --allow_config_change to "
+                "continue this run with the new config."
+            )
+    return config, saved is not None
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _from_dict(d):
+    return ml_collections.ConfigDict(d)
+
+
+def write(config, workdir):
+    """Writes the resolved config into the workdir (atomically)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def check_batch_size(batch_size, num_replicas):
+    if batch_size % num_replicas:
+        raise ConfigError(
+            f"data.batch_size={batch_size} is not divisible by the number of replicas "
+            f"({num_replicas}): choose a multiple of {num_replicas}"
+        )
