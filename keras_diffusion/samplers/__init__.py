@@ -1,12 +1,22 @@
 """Samplers: stateless objects with `sample(model_fn, noise, *, schedule, prediction, ...)`."""
 
 from keras_diffusion.samplers.ddim_sampler import DDIMSampler
+from keras_diffusion.samplers.ddpm_sampler import DDPMSampler
+from keras_diffusion.samplers.dpm_solver_sampler import DPMSolverSampler
+from keras_diffusion.samplers.euler_sampler import EulerSampler
+from keras_diffusion.samplers.heun_sampler import HeunSampler
+from keras_diffusion.samplers.ode_sampler import ODESampler
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.spacing import SPACINGS
 from keras_diffusion.samplers.spacing import make_timesteps
 
 _NAMES = {
+    "ddpm": DDPMSampler,
     "ddim": DDIMSampler,
+    "dpm_solver": DPMSolverSampler,
+    "euler": EulerSampler,
+    "heun": HeunSampler,
+    "ode": ODESampler,
 }
 
 
