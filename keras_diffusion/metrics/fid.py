@@ -82,8 +82,9 @@ class FID(FeatureMetric):
     8-bit images resized to 299x299, the Gaussians' means and unbiased
     covariances, and the Frechet distance with `scipy.linalg.sqrtm` (see
     `frechet_distance`). Batches stream through `update_state`: the metric
-    keeps n, sum(f) and sum(f f^T) per side in float64, so any split into
-    batches gives the same result as computing at once. Real-data
+    keeps n, sum(f) and sum(f f^T) per side in float64 (float32 on JAX
+    unless `jax_enable_x64`), so any split into batches gives the same
+    result as computing at once. Real-data
     statistics are usually computed once with `compute_statistics(...,
     path=...)` and passed as `real_statistics`. `result()` computes with
     numpy/scipy (through `tf.numpy_function` inside a tf.function).
