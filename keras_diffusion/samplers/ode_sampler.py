@@ -12,6 +12,10 @@ from keras_diffusion.samplers.spacing import validate_timesteps
 from keras_diffusion.schedules.schedule import register
 
 METHODS = ("dormand_prince",)
+_NAN_MESSAGE = (
+    "`model_fn` produced NaN or Inf during sampling: check the model, its "
+    "`prediction` type and the schedule."
+)
 
 
 @register
@@ -135,12 +139,26 @@ class ODESampler(Sampler):
         def run(noise, times):
             return self._integrate(denoise, schedule.prior_std * noise, times, schedule)
 
-        if tf.executing_eagerly():  # The solver's while loop is slow eagerly.
-            run = tf.function(run, autograph=False)
-        x, nfe, status = run(noise, times)
+        if not tf.executing_eagerly():
+            x, nfe, status = run(noise, times)
+            return _check_finite(x), {"nfe": nfe, "status": status}
+        # The solver's while loop is slow eagerly: run it as a graph, and turn
+        # its runtime errors into ValueErrors that say what went wrong.
+        try:
+            x, nfe, status = tf.function(run, autograph=False)(noise, times)
+        except tf.errors.InvalidArgumentError as error:
+            if _NAN_MESSAGE in str(error):
+                raise ValueError(_NAN_MESSAGE) from None
+            if "max_num_steps" in str(error):
+                raise ValueError(
+                    "ODESampler needed more than `max_num_steps` solver steps, "
+                    f"received max_num_steps={self.max_num_steps}"
+                ) from None
+            raise
         return _check_finite(x), {"nfe": nfe, "status": status}
 
     def _integrate(self, denoise, x, times, schedule):
+        import tensorflow as tf
         import tensorflow_probability as tfp
 
         solver = tfp.math.ode.DormandPrince(
@@ -150,7 +168,10 @@ class ODESampler(Sampler):
         def ode_fn(u, y):  # u = -log t, dx/du = -t dx/dt.
             t = ops.exp(-u)
             x0, eps = denoise(y, t)
-            return -t * flow(x0, eps, t, schedule)
+            # NaN would otherwise shrink the step size forever.
+            return tf.debugging.assert_all_finite(
+                -t * flow(x0, eps, t, schedule), _NAN_MESSAGE
+            )
 
         t_start, t_end = times[0], times[-1]
         results = solver.solve(
