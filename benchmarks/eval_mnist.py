@@ -19,7 +19,8 @@ so numbers are comparable between runs.
 
     python benchmarks/eval_mnist.py --model benchmarks/results/mnist.keras
 
-Writes eval_mnist.json and eval_mnist.md in --out.
+Writes eval_mnist.json and eval_mnist.md in --out (the judge's cache in
+--cache_dir).
 """
 
 import argparse
@@ -80,6 +81,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="benchmarks/results/mnist.keras")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--cache_dir", default="benchmarks/results/cache",
+                        help="where the judge classifier and real statistics are cached")
     parser.add_argument("--num_images", type=int, default=1000)
     parser.add_argument("--sampler", default="dpm_solver")
     parser.add_argument("--num_steps", type=int, default=50)
@@ -95,6 +98,7 @@ def main():
         raise SystemExit(f"No saved model at --model={args.model!r}: train one first "
                          "(benchmarks/mnist.py writes benchmarks/results/mnist.keras).")
     os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.cache_dir, exist_ok=True)
     model = keras.saving.load_model(args.model)
     images, labels = load_mnist()
     # The split of benchmarks/mnist.py: a seeded permutation (the shipped
@@ -105,13 +109,13 @@ def main():
     train_images = to_unit_range(images[:4000])
 
     classifier, trunk = classifier_trunk(
-        os.path.join(args.out, "mnist_classifier.keras"), held_out, held_out_labels
+        os.path.join(args.cache_dir, "mnist_classifier.keras"), held_out, held_out_labels
     )
     accuracy = float(np.mean(np.argmax(classifier.predict(train_images, verbose=0), -1)
                              == labels[:4000]))
     extractor = FeatureExtractor(trunk, batch_size=250)
     stats = load_or_compute_statistics(
-        os.path.join(args.out, "mnist_classifier_stats.npz"), held_out, extractor
+        os.path.join(args.cache_dir, "mnist_classifier_stats.npz"), held_out, extractor
     )
 
     # Samples (label-balanced for a class-conditional model).
