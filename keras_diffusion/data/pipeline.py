@@ -154,12 +154,28 @@ def prepare_dataset(
             )
     if cache:
         dataset = dataset.cache()
-    if shuffle_buffer:
-        dataset = dataset.shuffle(
-            shuffle_buffer, seed=seed, reshuffle_each_iteration=True
-        )
-    if repeat:
-        dataset = dataset.repeat()
+    # Epoch e is shuffled in windows of `shuffle_buffer` examples, each
+    # permuted by a stateless generator keyed by (seed, e, window): the stream
+    # is a pure function of `seed`, however many iterators the dataset had (a
+    # stateful `shuffle(reshuffle_each_iteration=True)` depends on that, so a
+    # resumed run would see other batches).
+    base = dataset
+
+    def permute(window, examples):
+        n = tf.shape(tf.nest.flatten(examples)[0])[0]
+        key = tf.stack([tf.cast(seed, tf.int64), window])
+        perm = tf.argsort(tf.random.stateless_uniform([n], seed=key))
+        return tf.nest.map_structure(lambda x: tf.gather(x, perm), examples)
+
+    def epoch(e):
+        if not shuffle_buffer:
+            return base
+        windows = base.batch(shuffle_buffer).enumerate()
+        windows = windows.map(lambda w, x: permute(e * 1_000_003 + w, x))
+        return windows.unbatch()
+
+    epochs = tf.data.Dataset.range(2**62 if repeat else 1)
+    dataset = epochs.flat_map(epoch)
     dataset = dataset.enumerate()
     if start_step:
         dataset = dataset.skip(start_step * examples_per_step)

@@ -20,11 +20,9 @@ import tensorflow as tf
 
 
 def _variables(variables):
-    # Index-keyed: the order is the (deterministic) creation order; the path
-    # in the key makes a mismatch visible in error messages.
-    return {
-        f"{i:04d}_{v.path.replace('/', '.')}": v for i, v in enumerate(variables)
-    }
+    # Keyed by creation order, which is deterministic (paths are not: Keras
+    # uniquifies layer names within a process). Shapes are checked on restore.
+    return {f"v{i:04d}": v for i, v in enumerate(variables)}
 
 
 class Checkpointer:
