@@ -5,3 +5,4 @@ from keras_diffusion.models.mlp_denoiser import MLPDenoiser
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.vae import VAE
 from keras_diffusion.models.text_conditioner import TextConditioner
+from keras_diffusion.models.latent_diffusion_model import LatentDiffusionModel
