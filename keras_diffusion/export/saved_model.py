@@ -1,0 +1,568 @@
+"""Export a diffusion model as one SavedModel for TF Serving (TensorFlow only).
+
+The whole pipeline runs in the graph: the initial noise drawn from a seed, the
+sampler loop (one `tf.while_loop`), classifier-free guidance, text
+tokenization (for models with a TF-native text encoder) and, for latent
+models, the VAE decode. The SavedModel needs TensorFlow only: no Python code
+of this library (nor Keras) is needed to serve it.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+from keras import ops
+
+from keras_diffusion import samplers as samplers_lib
+from keras_diffusion.samplers.sampler import step_noise
+
+# The `step` of `step_noise` that draws the initial noise x_1 of `generate`
+# (the samplers' loop steps use 0 .. num_steps - 1, with a different seed).
+INITIAL_NOISE_STEP = 2**31 - 1
+# `DiffusionModel.generate`'s per-chunk seed of the sampler: the first chunk's.
+_CHUNK_SEED_MULTIPLIER = 1000003
+_CHUNK_SEED_MODULUS = 2**31 - 1
+
+SIGNATURES = ("serving_default", "generate", "generate_from_noise", "denoise")
+METADATA_FILE = os.path.join("assets.extra", "keras_diffusion_export.json")
+
+
+def initial_noise(shape, seed):
+    """The initial noise of `generate` for an int seed: `N(0, I)` of `shape`.
+
+    Stateless and the same in eager mode, in `tf.function` and in the exported
+    graph; the exported `generate` signature draws its noise with it.
+    """
+    return step_noise(shape, seed, INITIAL_NOISE_STEP)
+
+
+def sampler_seed(seed):
+    """The seed of the sampler's per-step noise for a `generate` seed.
+
+    The same as `DiffusionModel.generate` uses for its first (or only) batch:
+    `(seed * 1000003) % (2**31 - 1)` (seeds in [0, 2**31)).
+    """
+    seed = ops.cast(seed, "int64")
+    return ops.mod(seed * _CHUNK_SEED_MULTIPLIER, _CHUNK_SEED_MODULUS)
+
+
+def export_saved_model(
+    model,
+    path,
+    sampler="dpm_solver",
+    overwrite=False,
+    spacing=None,
+    use_ema=True,
+    clip=None,
+    clip_denoised=None,
+    jit_compile=False,
+    verbose=False,
+):
+    """Writes a SavedModel of `model` that TF Serving runs.
+
+    Signatures (inputs -> outputs; `B` the batch, `...` the data shape):
+
+    - `generate` (also `serving_default`):
+        `seed` int64 scalar, `batch_size` int32 scalar, `guidance_scale`
+        float32 scalar (>= 0; 1: no guidance), `num_steps` int32 scalar
+        (>= 1), and, by model: `labels` int32 `(B,)` or `(1,)` (class-
+        conditional models), `text` string `(B,)` or `(1,)` (text models;
+        tokenized in-graph, prompts longer than the tokenizer's sequence
+        length are truncated), `condition` float32 `(B, H, W, C)` (image-
+        conditioned models). Length-1 `labels` / `text` are repeated over
+        the batch.
+        -> `images` uint8 `(B, H, W, C)` (image models) and `images_float`
+        float32 in [-1, 1] (clipped for images).
+    - `generate_from_noise`: the same with `noise` float32 `(B, ...)`
+        (standard normal, of the shape the sampler starts from: the latent
+        shape for latent models) instead of `batch_size`; `seed` still seeds
+        stochastic samplers.
+    - `denoise`: `x_t` float32 `(B, ...)`, `t` float32 `(B,)` in [0, 1] and
+        the model's conditions (`labels` int32 `(B,)`, with `num_classes` the
+        null label; `text` string `(B,)` or `context` float32 `(B, L, D)`;
+        `condition`) -> `prediction` float32 `(B, ...)`, the network output
+        in the model's prediction type, for users with their own sampler.
+
+    `generate` draws its noise as `initial_noise((B, ...), seed)` and seeds
+    the sampler with `sampler_seed(seed)` (seeds in [0, 2**31)), so that it
+    gives the same images as `model.generate(B, seed=seed, ...)` for the same
+    inputs once `generate` draws its noise with `initial_noise` too;
+    `generate_from_noise` given `generate`'s noise does in any case. Invalid inputs
+    at serving time (num_steps <= 0, guidance_scale < 0, labels out of
+    range, ...) make the request fail with an `InvalidArgumentError` that
+    names the input and its value.
+
+    The optimizer's EMA weights are exported when it keeps them (and
+    `use_ema`); the model's own weights are unchanged afterwards. Weights are
+    saved as variables (under `path/variables/`), never as graph constants.
+
+    Args:
+        model: a built `DiffusionModel` (or a latent model: one with a `vae`
+            whose `decode_latents` maps the sampled latents to images).
+        path: the SavedModel directory to write.
+        sampler: a sampler or its name (default "dpm_solver": DPM-Solver++,
+            order 2).
+        overwrite: replace `path` if it exists (otherwise a
+            `FileExistsError`).
+        spacing: the sampler's time grid ("uniform" when None).
+        use_ema: export the EMA weights when the optimizer keeps them.
+        clip: clip the output to [-1, 1]; default as `generate` (True for
+            images).
+        clip_denoised: clip the sampler's x0 estimates to [-1, 1] at every
+            step when `sampler` is a name; default as `generate` (as `clip`;
+            False for latent models).
+        jit_compile: compile the sampler loop (and `denoise`'s network) with
+            XLA; the input checks, the noise draw and the tokenization stay
+            outside XLA. Not for text models. XLA draws the stochastic
+            samplers' per-step noise differently: the images match
+            `generate(..., jit_compile=True)`.
+        verbose: print the endpoints written.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> model.fit(dataset, epochs=10)
+    >>> keras_diffusion.export.export_saved_model(model, "/models/diffusion/1")
+    >>> served = tf.saved_model.load("/models/diffusion/1")
+    >>> out = served.signatures["generate"](
+    ...     seed=tf.constant(0, tf.int64), batch_size=tf.constant(4),
+    ...     guidance_scale=tf.constant(1.0), num_steps=tf.constant(20))
+    >>> out["images"].shape            # uint8 (4, H, W, C)
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "Export to SavedModel needs the TensorFlow backend, the current backend "
+            f"is {keras.backend.backend()!r} (set KERAS_BACKEND=tensorflow)."
+        )
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"The export path {path!r} already exists; pass overwrite=True to replace it."
+        )
+    spec = _ModelSpec(model)
+    if clip is None:
+        clip = spec.is_image
+    if clip_denoised is None:
+        clip_denoised = bool(clip) and not spec.is_latent
+    if isinstance(sampler, str):
+        sampler = samplers_lib.get(sampler, **({"clip_x0": 1.0} if clip_denoised else {}))
+    else:
+        sampler = samplers_lib.get(sampler)
+    spacing = spacing or "uniform"
+    # Resolves the spacing eagerly, so that a bad name fails here, not in the graph.
+    sampler.timesteps(spec.diffusion.schedule, 1, None, spacing)
+
+    if jit_compile and spec.text:
+        raise ValueError(
+            "`jit_compile=True` is not supported for models with a text encoder "
+            "(XLA has no string ops); export with jit_compile=False."
+        )
+    builder = _Endpoints(spec, sampler, spacing, bool(clip), bool(jit_compile))
+    archive = keras.export.ExportArchive()
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        with contextlib.ExitStack() as stack:
+            if use_ema and hasattr(spec.diffusion, "ema_weights"):
+                stack.enter_context(spec.diffusion.ema_weights())
+            for layer in spec.tracked_layers():
+                archive.track(layer)
+            for name, fn, signature in builder.endpoints():
+                archive.add_endpoint(name=name, fn=fn, input_signature=signature)
+            archive.write_out(tmp, verbose=bool(verbose))
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+            json.dump(builder.metadata(), f, indent=2)
+        if os.path.exists(path):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def export(model, path, **kwargs):
+    """Alias of `export_saved_model` (see there)."""
+    return export_saved_model(model, path, **kwargs)
+
+
+# ----------------------------------------------------------------------
+# What a model is made of
+# ----------------------------------------------------------------------
+class _ModelSpec:
+    """The parts of a (latent) diffusion model that export needs."""
+
+    def __init__(self, model):
+        # A latent model either is a DiffusionModel with a `vae`, or wraps one.
+        diffusion = model
+        for attr in ("diffusion_model", "diffusion"):
+            inner = getattr(model, attr, None)
+            if inner is not None and hasattr(inner, "model_fn"):
+                diffusion = inner
+                break
+        if not hasattr(diffusion, "model_fn") or not hasattr(diffusion, "schedule"):
+            raise ValueError(
+                "export needs a keras_diffusion DiffusionModel (or a latent model "
+                f"wrapping one), received {type(model).__name__}"
+            )
+        if getattr(diffusion, "image_shape", None) is None or diffusion.denoiser is None:
+            raise ValueError(
+                "The model is not built: train it with fit() or pass `image_shape=` "
+                "and build it before exporting."
+            )
+        if not diffusion.built:
+            diffusion.build(None)
+        self.model = model
+        self.diffusion = diffusion
+        self.vae = getattr(model, "vae", None) or getattr(diffusion, "vae", None)
+        self.sample_shape = tuple(int(d) for d in diffusion.image_shape)
+        self.num_classes = diffusion.num_classes
+        self.text = diffusion.text_encoder is not None
+        self.context_shape = None if self.text else diffusion.context_shape
+        self.condition_shape = diffusion.condition_shape
+        self.is_latent = self.vae is not None
+        if self.is_latent:
+            f = int(self.vae.downsampling_factor)
+            h, w = self.sample_shape[:2]
+            self.output_shape = (h * f, w * f, int(self.vae.input_channels))
+        else:
+            self.output_shape = self.sample_shape
+        self.is_image = len(self.output_shape) == 3
+
+    def tracked_layers(self):
+        """The networks whose variables and lookup tables the export holds.
+
+        The parts, not the DiffusionModel itself: Keras' SavedModel walk traces
+        every Model's `_default_save_signature`, which fails for a model built
+        with `build(None)` (its recorded input shape is None).
+        """
+        layers = [self.diffusion.denoiser]
+        if self.diffusion.text_encoder is not None:
+            layers.append(self.diffusion.text_encoder)
+        if self.vae is not None:
+            layers.append(self.vae)
+        return layers
+
+    def decode(self, x):
+        if not self.is_latent:
+            return x
+        return ops.cast(self.vae.decode_latents(x), "float32")
+
+
+class _Endpoints:
+    """The signatures' functions and input specs."""
+
+    def __init__(self, spec, sampler, spacing, clip, jit_compile=False):
+        self.spec = spec
+        self.sampler = sampler
+        self.spacing = spacing
+        self.clip = clip
+        self.jit_compile = jit_compile
+
+    # --- input specs ----------------------------------------------------------
+    def _condition_specs(self, for_denoise=False):
+        import tensorflow as tf
+
+        spec = self.spec
+        out = {}
+        if spec.num_classes is not None:
+            out["labels"] = tf.TensorSpec((None,), tf.int32, name="labels")
+        if spec.text:
+            out["text"] = tf.TensorSpec((None,), tf.string, name="text")
+        elif spec.context_shape is not None and for_denoise:
+            out["context"] = tf.TensorSpec(
+                (None,) + spec.context_shape, tf.float32, name="context"
+            )
+        if spec.condition_shape is not None:
+            out["condition"] = tf.TensorSpec(
+                (None,) + spec.condition_shape, tf.float32, name="condition"
+            )
+        return out
+
+    def _scalar_specs(self):
+        import tensorflow as tf
+
+        return {
+            "seed": tf.TensorSpec((), tf.int64, name="seed"),
+            "guidance_scale": tf.TensorSpec((), tf.float32, name="guidance_scale"),
+            "num_steps": tf.TensorSpec((), tf.int32, name="num_steps"),
+        }
+
+    def generate_specs(self):
+        import tensorflow as tf
+
+        specs = self._scalar_specs()
+        specs["batch_size"] = tf.TensorSpec((), tf.int32, name="batch_size")
+        specs.update(self._condition_specs())
+        return specs
+
+    def generate_from_noise_specs(self):
+        import tensorflow as tf
+
+        specs = self._scalar_specs()
+        specs["noise"] = tf.TensorSpec(
+            (None,) + self.spec.sample_shape, tf.float32, name="noise"
+        )
+        specs.update(self._condition_specs())
+        return specs
+
+    def denoise_specs(self):
+        import tensorflow as tf
+
+        specs = {
+            "x_t": tf.TensorSpec((None,) + self.spec.sample_shape, tf.float32, name="x_t"),
+            "t": tf.TensorSpec((None,), tf.float32, name="t"),
+        }
+        specs.update(self._condition_specs(for_denoise=True))
+        return specs
+
+    def endpoints(self):
+        """(name, fn, input_signature) of each endpoint; `generate` first, so
+        that ExportArchive also makes it `serving_default`."""
+        out = []
+        for name, specs, body in (
+            ("generate", self.generate_specs(), self._generate),
+            ("generate_from_noise", self.generate_from_noise_specs(), self._generate),
+            ("denoise", self.denoise_specs(), self._denoise),
+        ):
+            out.append((name, _keyword_fn(list(specs), body), list(specs.values())))
+        return out
+
+    def metadata(self):
+        spec = self.spec
+        return {
+            "format": "keras_diffusion SavedModel",
+            "signatures": {
+                "serving_default": sorted(self.generate_specs()),
+                "generate": sorted(self.generate_specs()),
+                "generate_from_noise": sorted(self.generate_from_noise_specs()),
+                "denoise": sorted(self.denoise_specs()),
+            },
+            "sampler": {"class": type(self.sampler).__name__, **self.sampler.get_config()},
+            "spacing": self.spacing,
+            "prediction": spec.diffusion.prediction,
+            "schedule": type(spec.diffusion.schedule).__name__,
+            "sample_shape": list(spec.sample_shape),
+            "output_shape": list(spec.output_shape),
+            "num_classes": spec.num_classes,
+            "null_label": spec.num_classes,
+            "latent": spec.is_latent,
+            "clip": self.clip,
+            "jit_compile": self.jit_compile,
+            "initial_noise": "keras.random.normal(shape, seed=[seed, 2**31 - 1]) "
+            "(stateless; keras_diffusion.export.initial_noise)",
+        }
+
+    # --- the graphs ---------------------------------------------------------
+    def _checks(self, inputs, batch):
+        """Runtime checks: a list of assert ops on the serving inputs."""
+        import tensorflow as tf
+
+        checks = []
+        if "num_steps" in inputs:
+            n = inputs["num_steps"]
+            checks.append(
+                _assert(
+                    n >= 1, ["`num_steps` must be >= 1, received num_steps =", n]
+                )
+            )
+        if "guidance_scale" in inputs:
+            g = inputs["guidance_scale"]
+            checks.append(
+                _assert(
+                    g >= 0.0,  # False for NaN too.
+                    ["`guidance_scale` must be >= 0, received guidance_scale =", g],
+                )
+            )
+        if "batch_size" in inputs:
+            b = inputs["batch_size"]
+            checks.append(
+                _assert(
+                    b >= 1, ["`batch_size` must be >= 1, received batch_size =", b]
+                )
+            )
+        if "seed" in inputs:
+            s = inputs["seed"]
+            checks.append(
+                _assert(
+                    tf.logical_and(s >= 0, s < 2**31),
+                    ["`seed` must be in [0, 2**31), received seed =", s],
+                )
+            )
+        if "labels" in inputs:
+            labels = inputs["labels"]
+            k = self.spec.num_classes
+            # `denoise` also accepts the null label.
+            high = k + 1 if "x_t" in inputs else k
+            checks.append(
+                _assert(
+                    tf.reduce_all(tf.logical_and(labels >= 0, labels < high)),
+                    [f"`labels` must be integers in [0, {high}) (num_classes={k}), "
+                     "received labels =", labels],
+                    summarize=16,
+                )
+            )
+        for key in ("labels", "text", "context", "condition"):
+            if key in inputs:
+                n = tf.shape(inputs[key], out_type=tf.int32)[0]
+                ok = tf.equal(n, batch)
+                if key in ("labels", "text") and "x_t" not in inputs:
+                    ok = tf.logical_or(ok, tf.equal(n, 1))
+                    what = "the batch size or 1"
+                else:
+                    what = "the batch size"
+                checks.append(
+                    _assert(
+                        ok,
+                        [f"`{key}` must have {what} as first dimension, received", n,
+                         "for a batch of", batch],
+                    )
+                )
+        return checks
+
+    def _checked(self, inputs, batch):
+        """The inputs, gated by the runtime checks: nothing uses an input
+        before every check has passed."""
+        import tensorflow as tf
+
+        checks = self._checks(inputs, batch)
+        with tf.control_dependencies(checks):
+            return {key: tf.identity(value) for key, value in inputs.items()}
+
+    def _conditions(self, inputs, batch):
+        """The model_fn's labels / context / condition for a batch."""
+        import tensorflow as tf
+
+        diffusion = self.spec.diffusion
+        out = {}
+        if "labels" in inputs:
+            out["labels"] = tf.broadcast_to(tf.cast(inputs["labels"], tf.int32), [batch])
+        if "text" in inputs:
+            context = diffusion.encode_text(inputs["text"])
+            shape = tf.concat([[batch], tf.shape(context)[1:]], axis=0)
+            out["context"] = tf.broadcast_to(context, shape)
+        if "context" in inputs:
+            out["context"] = inputs["context"]
+        if "condition" in inputs:
+            out["condition"] = inputs["condition"]
+        return out
+
+    def _generate(self, inputs):
+        import tensorflow as tf
+
+        spec = self.spec
+        diffusion = spec.diffusion
+        if "noise" in inputs:
+            noise = inputs["noise"]
+            batch = tf.shape(noise, out_type=tf.int32)[0]
+        else:
+            batch = inputs["batch_size"]
+        inputs = self._checked(inputs, batch)
+        if "batch_size" in inputs:
+            batch = inputs["batch_size"]
+        num_steps = inputs["num_steps"]
+        guidance_scale = inputs["guidance_scale"]
+        seed = inputs["seed"]
+        if "noise" in inputs:
+            noise = inputs["noise"]
+        else:
+            noise = initial_noise(tf.concat([[batch], spec.sample_shape], 0), seed)
+        cond = self._conditions(inputs, batch)
+        return self._jit(self._sample)(noise, seed, guidance_scale, num_steps, cond)
+
+    def _sample(self, noise, seed, guidance_scale, num_steps, cond):
+        """Noise -> images: the sampler loop, guidance and the VAE decode."""
+        import tensorflow as tf
+
+        spec = self.spec
+        diffusion = spec.diffusion
+
+        def run(model_fn):
+            return self.sampler.sample(
+                model_fn,
+                noise,
+                schedule=diffusion.schedule,
+                prediction=diffusion.prediction,
+                num_steps=num_steps,
+                spacing=self.spacing,
+                seed=sampler_seed(seed),
+            )
+
+        plain = diffusion.model_fn(guidance_scale=1.0, **cond)
+        if diffusion.is_conditional:
+            guided = diffusion.model_fn(guidance_scale=guidance_scale, **cond)
+            # Without guidance one network call per step, with it two (batched).
+            # The branch is taken once, around the loop: a conditional inside
+            # the loop body would keep Grappler from optimizing the loop.
+            x = tf.cond(
+                tf.equal(guidance_scale, 1.0), lambda: run(plain), lambda: run(guided)
+            )
+        else:
+            x = run(plain)
+        images = spec.decode(tf.cast(x, tf.float32))
+        if self.clip:
+            images = tf.clip_by_value(images, -1.0, 1.0)
+        outputs = {"images_float": images}
+        if spec.is_image:
+            pixels = tf.round((tf.clip_by_value(images, -1.0, 1.0) + 1.0) * 127.5)
+            outputs["images"] = tf.cast(pixels, tf.uint8)
+        return outputs
+
+    def _jit(self, fn):
+        """`fn` itself, or compiled with XLA (the checks, the noise draw and
+        the tokenization stay outside: XLA drops asserts, has no strings)."""
+        if not self.jit_compile:
+            return fn
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True, autograph=False)
+
+    def _denoise(self, inputs):
+        import tensorflow as tf
+
+        diffusion = self.spec.diffusion
+        x_t = inputs["x_t"]
+        batch = tf.shape(x_t, out_type=tf.int32)[0]
+        inputs = self._checked(inputs, batch)
+        x_t = inputs["x_t"]
+        given = self._conditions(inputs, batch)
+        cond = diffusion._null_condition(batch)
+        cond.update(given)
+        def predict(x_t, t, cond):
+            prediction = diffusion.denoiser({"x_t": x_t, "t": t, **cond}, training=False)
+            return {"prediction": tf.cast(prediction, tf.float32)}
+
+        return self._jit(predict)(x_t, inputs["t"], cond)
+
+
+def _assert(condition, data, summarize=16):
+    """An Assert op without the `tf.debugging.Assert` guard (a conditional):
+    lowered conditionals make Grappler skip its loop optimizations."""
+    import tensorflow as tf
+
+    return tf.raw_ops.Assert(condition=condition, data=data, summarize=summarize)
+
+
+def _keyword_fn(names, body):
+    """A function of positional tensors named `names` calling `body(dict)`.
+
+    The SavedModel signature's input names are the TensorSpecs' names.
+    """
+
+    def fn(*args):
+        return body(dict(zip(names, args)))
+
+    fn.__name__ = "serving_fn"
+    return fn
+
+
+def read_metadata(path):
+    """The export's metadata (signatures, sampler, shapes), from `path`."""
+    with open(os.path.join(os.fspath(path), METADATA_FILE)) as f:
+        return json.load(f)
