@@ -135,6 +135,24 @@ def train(config, strategy, workdir, strategy_name="default"):
         chief=chief, total_steps=total, start_step=start,
     )
     callbacks = [counter, monitor, monitor_lib.CheckpointCallback(checkpointer, counter)]
+    # Under a strategy Keras' fit peeks one batch from the training iterator
+    # to build the model symbolically: that batch is lost (the data position
+    # would drift on each resume) and the peek fails under
+    # MultiWorkerMirroredStrategy for dict batches. The model, its metrics and
+    # the optimizer are built already, so skip it.
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    # Metric results are already reduced over replicas (their variables are
+    # synchronized): take the first replica's.
+    model.distribute_reduction_method = "first"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Keras 3.15 reduces the step's outputs over workers with
+        # strategy.reduce("MEAN", v, axis=0), which fails on scalars: give
+        # them a leading axis of 1 (the mean over it and the workers is the
+        # value, the metrics being synchronized already).
+        step = model.train_step
+        model.train_step = lambda data: {
+            k: tf.reshape(v, [1]) for k, v in step(data).items()
+        }
     model.fit(dataset, epochs=total // chunk, steps_per_epoch=chunk, initial_epoch=start // chunk,
               callbacks=callbacks, verbose=0, shuffle=False)
     return model, monitor
