@@ -94,6 +94,8 @@ def run_keras(args):
                 params=params, steps=args.steps,
             )
 
+            if jit not in args.sample_jit:
+                continue
             sampler = DDIMSampler()
 
             def model_fn(x, t):
@@ -107,7 +109,7 @@ def run_keras(args):
                 )
 
             noise = tf.random.normal((BATCH_SAMPLE, 32, 32, 3))
-            sample(noise).numpy()  # trace + warm-up
+            sample(noise).numpy()  # trace + warm-up (one whole 50-step run)
             start = time.perf_counter()
             for _ in range(args.sample_runs):
                 out = sample(noise)
@@ -188,7 +190,10 @@ def run_torch(args):
                 x = scheduler.step(eps.float(), t, x).prev_sample
             return x
 
-        sample()
+        # Warm-up: two forward passes (eager PyTorch has nothing to compile).
+        with torch.inference_mode(), autocast:
+            for _ in range(2):
+                model(torch.randn(BATCH_SAMPLE, 3, 32, 32), 10)
         start = time.perf_counter()
         for _ in range(args.sample_runs):
             sample()
@@ -260,6 +265,10 @@ def _markdown(results, meta):
         f"({results[0]['params']:,} parameters). Training: AdamW step on the "
         "epsilon loss, batch 32. Sampling: 50-step DDIM, batch 16.",
         "",
+        f"Load average during the run: {meta.get('load', '?')} (the 2 cores were shared "
+        "with other jobs: absolute numbers are far below an idle machine's; the "
+        "ratios come from the same run).",
+        "",
         "| task | precision | diffusers img/s | keras_diffusion img/s (jit off) | ratio | keras_diffusion img/s (jit on) | ratio |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -268,7 +277,7 @@ def _markdown(results, meta):
             d = find("diffusers", task, tp)
             off = find("keras", task, kp, False)
             on = find("keras", task, kp, True)
-            fmt = lambda v: "-" if v is None else f"{v:.1f}"
+            fmt = lambda v: "-" if v is None else f"{v:.3g}"
             ratio = lambda v: "-" if v is None or not d else f"{v / d:.2f}x"
             lines.append(f"| {task} | {kp} | {fmt(d)} | {fmt(off)} | {ratio(off)} | {fmt(on)} | {ratio(on)} |")
     return "\n".join(lines) + "\n"
@@ -284,6 +293,8 @@ def main():
     parser.add_argument("--policies", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--torch-precisions", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--jit", nargs="+", type=lambda s: s.lower() in ("1", "true", "on"), default=[False, True])
+    parser.add_argument("--sample-jit", nargs="+", type=lambda s: s.lower() in ("1", "true", "on"), default=[False],
+                        help="jit_compile settings for which sampling is measured")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
@@ -295,7 +306,7 @@ def main():
         "--threads", str(args.threads), "--warmup", str(args.warmup),
         "--steps", str(3 if args.quick else args.steps), "--sample-runs", str(args.sample_runs),
         "--policies", *args.policies, "--torch-precisions", *args.torch_precisions,
-        "--jit", *[str(j) for j in args.jit],
+        "--jit", *[str(j) for j in args.jit], "--sample-jit", *[str(j) for j in args.sample_jit],
     ]
     results = _run_side("torch", argv) + _run_side("keras", argv)
     meta = {
@@ -304,6 +315,7 @@ def main():
         "threads": args.threads,
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "unet_throughput.json"), "w") as f:
