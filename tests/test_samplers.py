@@ -182,8 +182,10 @@ class PredictionTypesTest(TestCase):
 
     def test_same_samples_for_every_prediction_type(self):
         noise = _noise(64)
-        for schedule in [schedules.LinearSchedule(), schedules.CosineSchedule()]:
-            for sampler in _some_samplers():
+        cases = [(schedules.LinearSchedule(), _some_samplers())]
+        cases.append((schedules.CosineSchedule(), _some_samplers()[2:4]))
+        for schedule, sampler_list in cases:
+            for sampler in sampler_list:
                 outs = [
                     to_np(
                         sampler.sample(
