@@ -267,6 +267,8 @@ class LatentDiffusionModel(DiffusionModel):
     def _maybe_build_from_data(self, x, y=None):
         # Built already: `_prepare_batch` checks the shapes (and peeking at a
         # cached dataset would discard its partial cache).
+        if isinstance(x, dict) and "latents" in x:
+            self._check_latent_shape(tuple(x["latents"].shape[1:]))
         if self.built or x is None:
             return
         batch = None
