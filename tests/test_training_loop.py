@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_diffusion.testing import TestCase
@@ -81,6 +82,7 @@ class TrainLoopTest(TestCase):
         self.assertEqual(samples.shape, (64, 2))
         self.assertTrue(os.path.exists(os.path.join(workdir, "samples", "samples_step40.npz")))
 
+    @pytest.mark.slow  # builds a UNet and traces the sampler twice
     def test_conditional_images_with_sample_grid(self):
         workdir = self.get_temp_dir()
         config = mnist.get_config()
