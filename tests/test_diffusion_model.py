@@ -228,6 +228,18 @@ class DiffusionModelTest(TestCase):
         backup = keras.callbacks.BackupAndRestore(os.path.join(self.get_temp_dir(), "b"))
         model.fit(x, batch_size=32, epochs=2, verbose=0, callbacks=[backup])
 
+    def test_fit_outside_the_strategy_scope(self):
+        # Created under a strategy, fit outside it: the lazily built
+        # denoiser and the optimizer get the strategy's variables.
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+        with strategy.scope():
+            model = DiffusionModel(_mlp(), seed=0)
+            model.compile(keras.optimizers.Adam(1e-3, use_ema=True))
+        history = model.fit(_points(64), batch_size=32, epochs=1, verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"][0]))
+        self.assertTrue(model.optimizer.built)
+        self.assertIsInstance(model.trainable_variables[0].value, tf.distribute.DistributedValues)
+
     def test_generate_is_deterministic_and_batched(self):
         model = DiffusionModel(_mlp(), image_shape=(2,))
         model.build(None)

@@ -395,7 +395,10 @@ class DiffusionModel(keras.Model):
                 for key in ("condition", "context"):
                     if key in batch:
                         build_shape[key] = tuple(batch[key].shape)
-            self.build(build_shape)
+            # In the strategy scope the model was created in (fit may be
+            # called outside it): distributed variables for the denoiser.
+            with self._strategy_scope():
+                self.build(build_shape)
         elif self.image_shape is not None and tuple(shape[1:]) != self.image_shape:
             raise ValueError(
                 f"`images` of shape {tuple(shape[1:])} (without batch) do not match the "
@@ -483,11 +486,14 @@ class DiffusionModel(keras.Model):
             return
         if self.denoiser is None or not self.denoiser.built:
             return
-        scope = contextlib.nullcontext()
-        if keras.backend.backend() == "tensorflow":
-            scope = self.distribute_strategy.scope()
-        with scope:
+        with self._strategy_scope():
             optimizer.build(self.trainable_variables)
+
+    def _strategy_scope(self):
+        """The scope of the tf.distribute strategy the model was created in."""
+        if keras.backend.backend() != "tensorflow":
+            return contextlib.nullcontext()
+        return self.distribute_strategy.scope()
 
     def fit(self, x=None, y=None, *args, **kwargs):
         self._maybe_build_from_data(x, y)
