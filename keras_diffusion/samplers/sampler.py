@@ -1,5 +1,7 @@
 """The sampler contract and what every sampler shares."""
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -11,25 +13,45 @@ from keras_diffusion.samplers.spacing import validate_timesteps
 from keras_diffusion.schedules.schedule import broadcast_like
 
 
-class _FixedSeed(keras.random.SeedGenerator):
-    """A seed tensor that `keras.random` accepts on every backend."""
-
-    def __init__(self, value):  # No state: nothing to build or track.
-        self._value = value
-
-    def next(self, ordered=True):
-        return self._value
+def _mix(x):
+    """A 32-bit integer hash (Wellons' "lowbias32"), in keras.ops on uint32."""
+    x = ops.bitwise_xor(x, ops.right_shift(x, 16))
+    x = ops.multiply(x, ops.cast(0x7FEB352D, "uint32"))
+    x = ops.bitwise_xor(x, ops.right_shift(x, 15))
+    x = ops.multiply(x, ops.cast(0x846CA68B, "uint32"))
+    return ops.bitwise_xor(x, ops.right_shift(x, 16))
 
 
 def step_noise(shape, seed, step, dtype="float32"):
     """Standard normal noise for loop step `step`, reproducible from `seed`.
 
-    Stateless: the same (seed, step) gives the same noise in eager mode, in
-    tf.function, under XLA and on JAX.
+    Counter-based: each element hashes (seed, step, index) to two uniforms
+    and a Box-Muller transform makes the normal. The same (seed, step) gives
+    the same noise in eager mode, in tf.function, under XLA (whose own
+    stateless RNG gives different numbers than TensorFlow's kernels) and on
+    JAX, up to float round-off in log/cos, and in a SavedModel.
+
+    Args:
+        shape: the output shape (ints, or scalar tensors inside a graph).
+        seed: an int or scalar int tensor (taken modulo 2^32).
+        step: an int or scalar int tensor, e.g. the sampler's loop index.
+        dtype: the output dtype.
     """
-    seed_dtype = "uint32" if keras.backend.backend() == "jax" else "int64"
-    value = ops.stack([ops.cast(seed, seed_dtype), ops.cast(step, seed_dtype)])
-    return keras.random.normal(shape, dtype=dtype, seed=_FixedSeed(value))
+    if isinstance(shape, (tuple, list)):
+        size = 1
+        for dim in shape:
+            size = size * dim
+    else:  # A shape tensor.
+        size = ops.prod(shape)
+    key = _mix(ops.cast(step, "uint32") + ops.cast(0x9E3779B9, "uint32"))
+    key = _mix(ops.cast(seed, "uint32") + key)
+    index = ops.cast(ops.arange(2 * size), "uint32")
+    bits = _mix(ops.bitwise_xor(index, key) + key)
+    # 24 random bits -> a uniform in (0, 1), exact in float32.
+    u = (ops.cast(ops.right_shift(bits, 8), "float32") + 0.5) / 16777216.0
+    radius = ops.sqrt(-2.0 * ops.log(u[:size]))
+    z = radius * ops.cos(2.0 * math.pi * u[size:])
+    return ops.cast(ops.reshape(z, shape), dtype)
 
 
 class Sampler:
