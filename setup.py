@@ -31,6 +31,8 @@ setuptools.setup(
         "mlxtend>=0.23",
     ],
     extras_require={
+        # tensorflow-datasets names (e.g. cifar10_ddpm's "cifar10").
+        "tfds": ["tensorflow-datasets>=4.9"],
         "test": [
             "pytest>=8",
             "jax[cpu]>=0.4.30",
