@@ -40,6 +40,10 @@ def tiny_toy_config(num_steps=20):
     config.sample.num_steps = 4
     config.eval.num_batches = 2
     config.eval.batch_size = 32
+    config.eval.num_samples = 64
+    config.eval.kid_num_subsets = 10
+    config.eval.bpd_num_batches = 1
+    config.eval.bpd_num_steps = 8
     return config
 
 
@@ -77,10 +81,27 @@ class TrainLoopTest(TestCase):
         metrics = self._run("eval", None, workdir)
         self.assertTrue(np.isfinite(metrics["loss"]))
         with open(os.path.join(workdir, "eval", "metrics.json")) as f:
-            self.assertEqual(json.load(f)["step"], 40)
+            record = json.load(f)
+        self.assertEqual(record["step"], 40)
+        # FID/KID with the identity extractor (2-D points) and the 8-step ELBO.
+        for key in ("loss", "fid", "kid", "kid_std", "bpd"):
+            self.assertTrue(np.isfinite(record[key]), (key, record))
+        self.assertEqual(record["num_samples"], 64)
+        self.assertGreaterEqual(record["fid"], 0.0)
+        self.assertTrue(os.path.exists(os.path.join(workdir, "eval", "metrics_step40.json")))
+        events = read_events(os.path.join(workdir, "tensorboard"))
+        for tag in ("eval/loss", "eval/fid", "eval/kid", "eval/bpd"):
+            self.assertEqual([s for s, _ in events[tag]], [40])
         samples = self._run("sample", None, workdir)
         self.assertEqual(samples.shape, (64, 2))
         self.assertTrue(os.path.exists(os.path.join(workdir, "samples", "samples_step40.npz")))
+
+    def test_eval_bad_feature_extractor_fails_at_start(self):
+        workdir = self.get_temp_dir()
+        config = tiny_toy_config(10)
+        config.eval.feature_extractor = os.path.join(workdir, "no_classifier.keras")
+        with self.assertRaisesRegex(FileNotFoundError, "eval.feature_extractor"):
+            train_lib.setup(config, workdir, "eval", "default")
 
     @pytest.mark.slow  # builds a UNet and traces the sampler twice
     def test_conditional_images_with_sample_grid(self):

@@ -13,8 +13,12 @@ Modes:
             `workdir/tensorboard`. A run killed at any point resumes from the
             last checkpoint with `--workdir` alone (the config is read back
             from `workdir/config.json`).
-    eval    the loss on a fixed grid of times and noise, over `eval.num_batches`
-            batches, into `workdir/eval/metrics.json` and TensorBoard.
+    eval    the loss on a fixed grid of times and noise (`eval.num_batches`
+            batches), FID and KID of `eval.num_samples` samples (features
+            from `eval.feature_extractor`: "inception", a saved Keras
+            classifier's path, or "identity") and the negative ELBO in bits
+            per dimension (`eval.bpd_num_batches` batches), into
+            `workdir/eval/metrics.json` and TensorBoard (`eval/*`).
     sample  `sample.num_images` samples into `workdir/samples/` (.npz, .png).
     export  a SavedModel into `workdir/export/` (keras_diffusion.export).
 
@@ -59,6 +63,10 @@ def setup(config, workdir, mode, strategy_name, allow_change=False):
     config_lib.check_batch_size(config.data.batch_size, strategy.num_replicas_in_sync)
     if mode in ("train", "eval"):
         builders.check_data_available(config)
+    if mode == "eval":
+        from training.lib import evaluation
+
+        evaluation.check_feature_extractor(config)
     return config, strategy
 
 
@@ -170,25 +178,40 @@ def _restore_for_inference(config, strategy, workdir, strategy_name):
 
 
 def evaluate(config, strategy, workdir, strategy_name="default"):
+    """Loss, FID/KID and bits per dimension of the latest checkpoint (EMA weights).
+
+    Writes `workdir/eval/metrics.json` (and `metrics_step{N}.json`) and the
+    `eval/*` scalars to TensorBoard. Returns the metrics dict.
+    """
     import tensorflow as tf
 
-    from keras_diffusion import data as data_lib
-    from training.lib import builders
+    from training.lib import evaluation
     from training.lib import strategy as strategy_lib
 
+    e = config.eval
+    # The feature extractor first: InceptionV3's weights are fetched now, so
+    # an offline machine fails before any sampling.
+    extractor = evaluation.build_feature_extractor(config) if e.feature_extractor else None
     model, step = _restore_for_inference(config, strategy, workdir, strategy_name)
-    ds = data_lib.prepare_dataset(
-        builders.source_fn(config)(), config.eval.batch_size, repeat=False,
-        shuffle_buffer=0, cache=False, seed=config.seed,
-    ).take(config.eval.num_batches)
+    ds = evaluation._eval_batches(config, e.batch_size, drop_remainder=True).take(e.num_batches)
+    metrics = {}
     with model.ema_weights():
-        metrics = model.evaluate(ds, return_dict=True, verbose=0)
-    metrics = {k: float(v) for k, v in metrics.items()}
+        if e.num_batches:
+            metrics = model.evaluate(ds, return_dict=True, verbose=0)
+            metrics = {k: float(v) for k, v in metrics.items()}
+        if extractor is not None:
+            metrics.update(evaluation.sample_quality(model, config, workdir, extractor))
+        if e.bpd_num_batches:
+            bpd = evaluation.bits_per_dim(model, config)
+            if bpd is not None:
+                metrics["bpd"] = bpd
     if strategy_lib.is_chief(strategy):
         out = os.path.join(workdir, "eval")
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump({"step": step, **metrics}, f, indent=2)
+        record = {"step": step, "feature_extractor": e.feature_extractor, **metrics}
+        for name in ("metrics.json", f"metrics_step{step}.json"):
+            with open(os.path.join(out, name), "w") as f:
+                json.dump(record, f, indent=2)
         with tf.summary.create_file_writer(os.path.join(workdir, "tensorboard")).as_default():
             for k, v in metrics.items():
                 tf.summary.scalar(f"eval/{k}", v, step=step)

@@ -84,8 +84,31 @@ def get_base_config():
     sample.use_ema = True
 
     config.eval = ev = ml_collections.ConfigDict()
-    ev.num_batches = 8  # batches of training data for `--mode eval`
+    ev.num_batches = 8  # batches for the loss of `--mode eval`
     ev.batch_size = 64
+    # The split `--mode eval` reads ("" = data.split); tfds sources only,
+    # the others have one split.
+    ev.split = ""
+    # FID and KID of `num_samples` generated vs `num_samples` real examples.
+    # feature_extractor: "inception" (InceptionV3 pool3, ImageNet weights,
+    # fetched by Keras: needs network or ~/.keras/models), the path of a
+    # saved Keras classifier (.keras), "identity" (the data are the
+    # features: vectors, tiny tests) or "" (no FID/KID).
+    ev.feature_extractor = "inception"
+    ev.feature_layer = ""  # a layer of the saved classifier to take features from ("" = output)
+    ev.num_samples = 1000
+    ev.kid_subset_size = 1000  # lowered to num_samples when larger
+    ev.kid_num_subsets = 100
+    # Generation for FID/KID: "" / 0 / -1 take the `sample.*` values.
+    ev.sampler = ""
+    ev.sample_steps = 0
+    ev.guidance_scale = -1.0
+    # Negative ELBO in bits per dimension (keras_diffusion.metrics.likelihood)
+    # on `bpd_num_batches` batches (0: none) of `batch_size`: pixel-space
+    # models only. bpd_num_steps: the chain's T (0: the schedule's own T;
+    # continuous schedules need one).
+    ev.bpd_num_batches = 2
+    ev.bpd_num_steps = 0
 
     config.export = ex = ml_collections.ConfigDict()
     ex.sampler = "ddim"  # num_steps and guidance_scale are inputs of the SavedModel

@@ -25,9 +25,13 @@ def check_data_available(config):
         data_lib.check_tfds_available(d.tfds_name, data_dir=d.data_dir or None)
 
 
-def source_fn(config):
-    """A function returning the unbatched source dataset of the config."""
+def source_fn(config, split=None):
+    """A function returning the unbatched source dataset of the config.
+
+    `split` overrides `data.split` (tensorflow-datasets sources only).
+    """
     d = config.data
+    split = split or d.split
 
     def fn():
         if d.name == "mnist":
@@ -47,7 +51,7 @@ def source_fn(config):
                 d.path, _size(config), labels=d.labels, captions=d.captions,
                 channels=d.channels, crop=d.crop,
             )
-        return data_lib.tfds_dataset(d.tfds_name, d.split, data_dir=d.data_dir or None,
+        return data_lib.tfds_dataset(d.tfds_name, split, data_dir=d.data_dir or None,
                                      label_key="label" if d.labels else None)
 
     return fn
