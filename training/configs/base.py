@@ -49,6 +49,18 @@ def get_base_config():
     model.num_classes = 0  # 0: unconditional
     model.condition_dropout = 0.1
     model.kwargs = ml_collections.ConfigDict()  # other model arguments
+    # model.kind == "latent": the frozen autoencoder. The path of a trained
+    # .keras VAE, "stable_diffusion" (SD 1.x's, keras-cv) or "new" (an
+    # untrained VAE(**vae_kwargs): smoke tests only).
+    model.vae = ""
+    model.vae_kwargs = ml_collections.ConfigDict()
+    # Other LatentDiffusionModel arguments (encode_sample, decode_batch_size, ...).
+    model.latent_kwargs = ml_collections.ConfigDict()
+    # model.kind == "sd_lora" (and model.vae == "stable_diffusion").
+    model.lora_rank = 4
+    model.bpe_path = ""  # CLIP tokenizer merges file ("" = keras-cv downloads it)
+    model.max_text_length = 77
+    model.download_weights = True  # keras-cv's SD 1.x weights (network or its cache)
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adamw"  # "adamw" or "adam"
@@ -69,7 +81,7 @@ def get_base_config():
     train.log_every = 50
     train.sample_every = 500  # sample grid to TensorBoard; 0: never
     train.num_sample_images = 16
-    train.jit_compile = "auto"  # "auto": XLA where the strategy and device allow it
+    train.jit_compile = "auto"  # "true", "false" or "auto": XLA where the strategy and device allow it
     train.steps_per_execution = 1
     train.mixed_precision = False
     train.deterministic = False  # tf.config.experimental.enable_op_determinism()

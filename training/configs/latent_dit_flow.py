@@ -3,6 +3,7 @@
     python -m training.train --config=training/configs/latent_dit_flow.py \
         --config.data.path=/data/images --workdir=/tmp/ldit
 
+`model.vae` is required: a trained .keras VAE (or "stable_diffusion").
 Class labels come from the folder's subfolders (`model.num_classes` must
 match their number).
 """
@@ -19,6 +20,10 @@ def get_config():
     config.data.random_flip = True
     config.data.batch_size = 32
     config.model.kind = "latent"
+    # Required: a trained .keras VAE (keras_diffusion.models.VAE with its
+    # scaling_factor set), e.g. --config.model.vae=/models/vae.keras, or
+    # "stable_diffusion" for SD 1.x's VAE (keras-cv weights).
+    config.model.vae = ""
     config.model.denoiser = "dit"
     config.model.denoiser_kwargs = {
         "patch_size": 2,

@@ -24,7 +24,8 @@ def get_config():
     config.model.kind = "sd_lora"
     config.model.denoiser = "unet"
     config.model.denoiser_kwargs = {}
-    config.model.kwargs = {"lora_rank": 4}
+    config.model.lora_rank = 4
+    config.model.latent_kwargs = {"encode_sample": True}
     config.model.schedule = "scaled_linear"
     config.model.prediction = "epsilon"
     config.model.num_classes = 0
@@ -37,6 +38,12 @@ def get_config():
     config.train.sample_every = 500
     config.train.num_sample_images = 4
     config.train.mixed_precision = True
+    # Captions are tokenized in Python (tf.numpy_function): no XLA.
+    config.train.jit_compile = "false"
+    # Inception features are the published protocol; FID on a few images.
+    config.eval.num_samples = 64
+    config.eval.batch_size = 4
+    config.eval.bpd_num_batches = 0
     config.sample.sampler = "ddim"
     config.sample.num_steps = 50
     config.sample.guidance_scale = 7.5

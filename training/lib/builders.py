@@ -89,6 +89,7 @@ def build_denoiser(config, shape):
     if m.denoiser == "dit":
         if m.preset:
             return models.DiT.from_preset(m.preset, **kwargs)
+        kwargs.setdefault("input_channels", shape[-1])
         return models.DiT(num_classes=num_classes, **kwargs)
     raise ValueError(
         f"Unknown model.denoiser={m.denoiser!r}. Valid names: ['unet', 'dit', 'mlp']"
@@ -111,25 +112,13 @@ def build_model(config):
     if m.kind == "diffusion":
         model = keras_diffusion.DiffusionModel(denoiser=build_denoiser(config, shape), **common)
     elif m.kind == "latent":
-        try:
-            cls = keras_diffusion.LatentDiffusionModel
-        except (ImportError, AttributeError) as e:
-            raise RuntimeError(
-                "model.kind='latent' needs keras_diffusion.LatentDiffusionModel, "
-                f"which is not available in this version ({e})"
-            ) from e
-        model = cls(denoiser=build_denoiser(config, shape), **common)
+        vae = build_vae(config)
+        model = keras_diffusion.LatentDiffusionModel(
+            vae=vae, denoiser=build_denoiser(config, (None, None, int(vae.latent_channels))),
+            pixel_shape=shape, **dict(m.latent_kwargs), **common,
+        )
     elif m.kind == "sd_lora":
-        from keras_diffusion import pretrained
-
-        factory = getattr(pretrained, "stable_diffusion_lora_model", None)
-        if factory is None:
-            raise RuntimeError(
-                "model.kind='sd_lora' needs keras_diffusion.pretrained."
-                "stable_diffusion_lora_model (the keras-cv bridge), not available "
-                "in this version"
-            )
-        model = factory(**common)
+        model = build_sd_lora_model(config, common)
     else:
         raise ValueError(
             f"Unknown model.kind={m.kind!r}. Valid names: ['diffusion', 'latent', 'sd_lora']"
@@ -164,3 +153,112 @@ def build_optimizer(config):
     if o.optimizer == "adam":
         return keras.optimizers.Adam(**kwargs)
     raise ValueError(f"Unknown optim.optimizer={o.optimizer!r}. Valid: ['adamw', 'adam']")
+
+
+def build_vae(config):
+    """The frozen autoencoder of a latent model (`model.vae`).
+
+    `model.vae`: the path of a trained, saved `.keras` VAE (the normal case),
+    "stable_diffusion" (SD 1.x's VAE through keras-cv), or "new" (an
+    untrained `keras_diffusion.models.VAE(**model.vae_kwargs)`: smoke tests
+    only, its latents mean nothing).
+    """
+    import os
+
+    from keras_diffusion import models
+
+    m = config.model
+    if m.vae == "new":
+        from absl import logging
+
+        logging.warning("model.vae='new': an untrained VAE; the latent model will "
+                        "learn nothing useful. Give the path of a trained .keras VAE.")
+        return models.VAE(input_channels=data_shape(config)[-1], **dict(m.vae_kwargs))
+    if m.vae == "stable_diffusion":
+        from keras_diffusion.pretrained import stable_diffusion as sd
+
+        size = data_shape(config)
+        return sd.StableDiffusionVAE(size[0], size[1], download_weights=m.download_weights)
+    if not m.vae:
+        raise ValueError(
+            f"model.kind={m.kind!r} needs model.vae: the path of a trained .keras VAE "
+            "(keras_diffusion.models.VAE), 'stable_diffusion', or 'new' (untrained, "
+            "tests only); received model.vae=''"
+        )
+    if not os.path.exists(m.vae):
+        raise FileNotFoundError(f"No VAE at model.vae={m.vae!r}")
+    return keras.saving.load_model(m.vae, compile=False)
+
+
+class GraphTextEncoder(keras.layers.Layer):
+    """SD's CLIP text encoder on string tensors, inside a tf.function.
+
+    `StableDiffusionTextEncoder` tokenizes Python strings; in `train_step`
+    the captions are a string tensor, tokenized here with `tf.numpy_function`
+    (so the train step cannot be XLA-compiled). Frozen.
+    """
+
+    def __init__(self, encoder, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.encoder = encoder
+        self.encoder.trainable = False
+
+    def call(self, text, training=False):
+        import tensorflow as tf
+
+        text = tf.reshape(tf.convert_to_tensor(text), [-1])
+        ids = tf.numpy_function(
+            lambda s: self.encoder.tokenize([x.decode() for x in s]), [text], tf.int32
+        )
+        ids.set_shape([None, self.encoder.max_length])
+        return self.encoder(ids, training=False)
+
+
+def build_sd_lora_model(config, common):
+    """Stable Diffusion 1.x (keras-cv weights) with LoRA on the UNet's attention.
+
+    A `LatentDiffusionModel` of the bridge's `StableDiffusionVAE`,
+    `StableDiffusionDenoiser` (LoRA of `model.lora_rank` on its attention
+    projections, everything else frozen) and `StableDiffusionTextEncoder`
+    (frozen; `model.bpe_path` is the tokenizer's merges file). The schedule
+    and prediction must be SD's: scaled_linear, epsilon.
+    """
+    from keras_diffusion.pretrained import stable_diffusion as sd
+
+    m = config.model
+    height, width, channels = data_shape(config)
+    if height % 8 or width % 8 or channels != 3:
+        raise ValueError(
+            "model.kind='sd_lora' needs RGB images with sides multiple of 8, received "
+            f"data.image_size={config.data.image_size}, data.channels={channels}"
+        )
+    if m.schedule != "scaled_linear" or m.prediction != "epsilon":
+        raise ValueError(
+            "model.kind='sd_lora' fine-tunes SD 1.x, trained with "
+            "schedule='scaled_linear' and prediction='epsilon'; received "
+            f"model.schedule={m.schedule!r}, model.prediction={m.prediction!r}"
+        )
+    if m.lora_rank < 1:
+        raise ValueError(f"model.lora_rank must be >= 1, received {m.lora_rank}")
+    if not config.data.captions:
+        raise ValueError("model.kind='sd_lora' is text-conditional: set data.captions=True")
+    if str(config.train.jit_compile).lower() == "true":
+        raise ValueError("model.kind='sd_lora' tokenizes captions in Python: "
+                         "train.jit_compile must be 'auto' or 'false'")
+    text = sd.StableDiffusionTextEncoder(
+        max_length=m.max_text_length, bpe_path=m.bpe_path or None,
+        download_weights=m.download_weights,
+    )
+    denoiser = sd.StableDiffusionDenoiser(
+        height, width, max_text_length=m.max_text_length, download_weights=m.download_weights,
+    )
+    sd.enable_lora(denoiser, m.lora_rank, targets=sd.UNET_LORA_TARGETS)
+    vae = sd.StableDiffusionVAE(height, width, download_weights=m.download_weights)
+    common = {k: v for k, v in common.items() if k != "num_classes"}
+    import keras_diffusion
+
+    return keras_diffusion.LatentDiffusionModel(
+        vae=vae, denoiser=denoiser, text_encoder=GraphTextEncoder(text),
+        pixel_shape=(height, width, channels), **dict(m.latent_kwargs), **common,
+    )
+

@@ -87,10 +87,16 @@ def worker_id(strategy):
 def choose_jit_compile(value, strategy_name):
     """XLA per strategy and device.
 
-    `value` "auto": XLA on GPU (not with MirroredStrategy over logical CPU
+    `value` "true" / "false" (or a bool), or "auto": XLA on GPU (not with MirroredStrategy over logical CPU
     devices, where XLA fails in TF 2.21: a variable is placed on another
     device) and on TPU; not on CPU, where oneDNN is faster for convolutions.
     """
+    if isinstance(value, str) and value.lower() != "auto":
+        if value.lower() not in ("true", "false"):
+            raise ValueError(
+                f"train.jit_compile must be 'auto', 'true' or 'false', received {value!r}"
+            )
+        return value.lower() == "true"
     if value != "auto":
         return bool(value)
     if strategy_name == "tpu":
