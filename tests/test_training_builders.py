@@ -105,3 +105,25 @@ class SDLoraBuilderTest(TestCase):
         config_lib.validate(config)
         self.assertEqual(config.model.kind, "sd_lora")
         self.assertEqual(config.train.jit_compile, "false")
+
+
+class ConfigDefaultsTest(TestCase):
+    def test_workdir_config_from_before_new_keys(self):
+        from training.configs import toy2d
+        from training.lib import config as config_lib
+
+        workdir = self.get_temp_dir()
+        config = toy2d.get_config()
+        config_lib.write(config, workdir)
+        path = os.path.join(workdir, "config.json")
+        with open(path) as f:
+            saved = json.load(f)
+        del saved["eval"]["feature_extractor"], saved["model"]["vae"]
+        with open(path, "w") as f:
+            json.dump(saved, f)
+        # Read back with the defaults of the keys added since; same config.
+        resolved, _ = config_lib.resolve(None, workdir)
+        self.assertEqual(resolved.eval.feature_extractor, "inception")
+        self.assertEqual(resolved.model.denoiser_kwargs.to_dict(),
+                         {"hidden_dim": 128, "num_layers": 3})
+        config_lib.resolve(toy2d.get_config(), workdir)  # No "different config" error.

@@ -106,7 +106,7 @@ def resolve(config, workdir, allow_change=False):
     saved = None
     if os.path.exists(path):
         with open(path) as f:
-            saved = json.load(f)
+            saved = _with_defaults(json.load(f))
     if config is None:
         if saved is None:
             raise ConfigError(
@@ -134,6 +134,19 @@ def _flatten(d, prefix=""):
             out.update(_flatten(v, prefix + k + "."))
         else:
             out[prefix + k] = v
+    return out
+
+
+def _with_defaults(saved, base=None, prefix=""):
+    """`saved` with the keys added to the base schema since it was written."""
+    base = to_dict(get_base_config()) if base is None else base
+    out = dict(saved)
+    for k, v in base.items():
+        path = prefix + k
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict) and not _is_free_form(path):
+            out[k] = _with_defaults(out[k], v, path + ".")
     return out
 
 
