@@ -355,8 +355,8 @@ class _Endpoints:
             "latent": spec.is_latent,
             "clip": self.clip,
             "jit_compile": self.jit_compile,
-            "initial_noise": "keras.random.normal(shape, seed=[seed, 2**31 - 1]) "
-            "(stateless; keras_diffusion.export.initial_noise)",
+            "initial_noise": "step_noise(shape, seed, 2**31 - 1) (counter-based; "
+            "keras_diffusion.export.initial_noise)",
         }
 
     # --- the graphs ---------------------------------------------------------

@@ -849,6 +849,30 @@ class DiffusionModel(keras.Model):
 
         return guided
 
+    def export(self, filepath, format="tf_saved_model", verbose=None, sampler="dpm_solver",
+               overwrite=False, **kwargs):
+        """Writes one SavedModel for TF Serving (see `keras_diffusion.export`).
+
+        The sampler loop, guidance, tokenization and VAE decode run in the
+        graph; signatures `serving_default`/`generate`, `generate_from_noise`
+        and `denoise`. `format` must be "tf_saved_model".
+        """
+        if format != "tf_saved_model":
+            raise ValueError(
+                f"`format` must be 'tf_saved_model', received format={format!r}"
+            )
+        from keras_diffusion.export import export_saved_model
+
+        return export_saved_model(
+            self, filepath, sampler=sampler, overwrite=overwrite,
+            verbose=bool(verbose), **kwargs,
+        )
+
+    def _default_save_signature(self):
+        # Keras' SavedModel walk traces every model's default signature; a
+        # DiffusionModel has none (use `export`).
+        return None
+
     @contextlib.contextmanager
     def ema_weights(self):
         """Swaps in the optimizer's EMA weights (when it keeps them) inside a `with`.
@@ -970,7 +994,6 @@ class DiffusionModel(keras.Model):
             if isinstance(text, str):
                 text = [text]
             text = list(text)
-            context = ops.convert_to_numpy(self.encode_text(_string_tensor(text)))
             num = _same_count(num, len(text), "text")
         if condition is not None:
             if self.condition_shape is None:
@@ -1007,8 +1030,9 @@ class DiffusionModel(keras.Model):
         if jit_compile is None:
             jit_compile = bool(self.jit_compile) if self.compiled else _has_accelerator()
         eager = bool(getattr(self, "run_eagerly", False))
-        noise = np.random.default_rng(seed).standard_normal((num,) + self.image_shape)
-        noise = noise.astype("float32")
+        # The same draw as the exported SavedModel's (export.initial_noise).
+        noise = step_noise((num,) + tuple(self.image_shape), seed, 2**31 - 1)
+        noise = np.asarray(ops.convert_to_numpy(noise), "float32")
         times = sampler.timesteps(self.schedule, num_steps, timesteps, spacing)
         times_np = np.asarray(ops.convert_to_numpy(times), "float32")
         if verbose == "auto":
@@ -1022,6 +1046,8 @@ class DiffusionModel(keras.Model):
         with contextlib.ExitStack() as stack:
             if use_ema:
                 stack.enter_context(self.ema_weights())
+            if text is not None:  # Encoded with the same (EMA) weights.
+                context = ops.convert_to_numpy(self.encode_text(_string_tensor(text)))
             for index, start in enumerate(chunks):
                 stop = min(start + batch_size, num)
                 inputs = {"noise": noise[start:stop]}

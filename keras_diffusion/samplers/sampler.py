@@ -45,12 +45,17 @@ def step_noise(shape, seed, step, dtype="float32"):
         size = ops.prod(shape)
     key = _mix(ops.cast(step, "uint32") + ops.cast(0x9E3779B9, "uint32"))
     key = _mix(ops.cast(seed, "uint32") + key)
-    index = ops.cast(ops.arange(2 * size), "uint32")
-    bits = _mix(ops.bitwise_xor(index, key) + key)
-    # 24 random bits -> a uniform in (0, 1), exact in float32.
-    u = (ops.cast(ops.right_shift(bits, 8), "float32") + 0.5) / 16777216.0
-    radius = ops.sqrt(-2.0 * ops.log(u[:size]))
-    z = radius * ops.cos(2.0 * math.pi * u[size:])
+    # Element k uses counters 2k and 2k + 1, so a batch's noise is a prefix
+    # of a larger batch's: generating 1 image or 16 gives the same first one.
+    index = 2 * ops.cast(ops.arange(size), "uint32")
+
+    def uniform(counter):
+        bits = _mix(ops.bitwise_xor(counter, key) + key)
+        # 24 random bits -> a uniform in (0, 1), exact in float32.
+        return (ops.cast(ops.right_shift(bits, 8), "float32") + 0.5) / 16777216.0
+
+    radius = ops.sqrt(-2.0 * ops.log(uniform(index)))
+    z = radius * ops.cos(2.0 * math.pi * uniform(index + ops.cast(1, "uint32")))
     return ops.cast(ops.reshape(z, shape), dtype)
 
 

@@ -32,13 +32,19 @@ def get_config():
     config.optim.warmup_steps = 100
     config.optim.lr_schedule = "cosine"
     config.optim.ema_momentum = 0.995
-    config.train.num_steps = 1000
+    # benchmarks/mnist.py: this UNet at ~1,750 steps of 64 gives 98.4% judge
+    # accuracy at guidance 3.
+    config.train.num_steps = 1500
     config.train.checkpoint_every = 250
     config.train.log_every = 50
     config.train.sample_every = 500
     config.train.num_sample_images = 20  # two of each digit
-    config.sample.sampler = "ddim"
-    config.sample.num_steps = 30
-    config.sample.guidance_scale = 2.0
+    config.sample.sampler = "dpm_solver"
+    config.sample.num_steps = 20
+    config.sample.guidance_scale = 3.0
     config.sample.num_images = 100
+    # InceptionV3's ImageNet weights need the network: FID/KID are off by
+    # default here (set a saved classifier's path to turn them on); --mode=eval
+    # still reports the loss and bits per dimension.
+    config.eval.feature_extractor = ""
     return config
