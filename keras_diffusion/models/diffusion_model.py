@@ -641,11 +641,15 @@ class DiffusionModel(keras.Model):
                 cond[key] = zero_invalid(cond[key])
         return images, cond, mask
 
+    def _training_seed(self):
+        """The seed of a training draw (distinct per replica)."""
+        return _ReplicaSeed(self.seed_generator)
+
     def _drop_condition(self, cond, batch):
         """Classifier-free guidance dropout: condition -> null condition."""
         if not cond or self.condition_dropout == 0.0:
             return cond
-        drop = keras.random.uniform((batch,), seed=self.seed_generator) < self.condition_dropout
+        drop = keras.random.uniform((batch,), seed=self._training_seed()) < self.condition_dropout
         null = self._null_condition(batch)
         out = {}
         for key, value in cond.items():
@@ -727,7 +731,7 @@ class DiffusionModel(keras.Model):
             if self.time_distribution == "low_discrepancy":
                 # objectives.sample_time with a dynamic batch size: the same
                 # draw, one uniform offset shifted by i / batch.
-                offset = keras.random.uniform((), seed=self.seed_generator)
+                offset = keras.random.uniform((), seed=self._training_seed())
                 steps = tf.cast(tf.range(batch), "float32") / tf.cast(batch, "float32")
                 u = tf.math.floormod(offset + steps, 1.0)
                 return self.schedule.t_min + (1.0 - self.schedule.t_min) * u
@@ -735,7 +739,7 @@ class DiffusionModel(keras.Model):
             self.time_distribution,
             batch,
             self.schedule,
-            seed=self.seed_generator,
+            seed=self._training_seed(),
             loc=self.logit_normal_loc,
             scale=self.logit_normal_scale,
         )
@@ -749,7 +753,7 @@ class DiffusionModel(keras.Model):
             images, cond, valid = self._prepare_batch(data, training=True)
             batch = tf.shape(images)[0]
             t = self._sample_time(images)
-            noise = keras.random.normal(tf.shape(images), seed=self.seed_generator)
+            noise = keras.random.normal(tf.shape(images), seed=self._training_seed())
             cond = self._drop_condition(cond, batch)
             losses = self.per_example_loss(images, noise, t, cond, training=True)
             count = tf.maximum(tf.reduce_sum(valid), 1.0)
@@ -1154,6 +1158,30 @@ class DiffusionModel(keras.Model):
 # ----------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------
+class _ReplicaSeed(keras.random.SeedGenerator):
+    """The model's seed generator, offset by the replica id under tf.distribute.
+
+    Replicas share the generator's state (a mirrored variable); without the
+    offset every replica would draw the same times and noise for its part of
+    the global batch.
+    """
+
+    def __init__(self, generator):  # No state of its own.
+        self._generator = generator
+
+    def next(self, ordered=True):
+        seed = self._generator.next(ordered=ordered)
+        if keras.backend.backend() != "tensorflow":
+            return seed
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None:
+            return seed
+        replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
+        return seed + tf.stack([tf.zeros_like(replica), replica])
+
+
 def _split_data(data):
     """A data batch -> (images, dict of extras)."""
     if isinstance(data, dict):
