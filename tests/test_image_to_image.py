@@ -135,7 +135,7 @@ class InpaintTest(TestCase):
             for renoise in ("fresh", "fixed"):
                 out = np.asarray(i2i.inpaint(
                     shared_value_x0_fn(schedule), images, mask, sampler=name,
-                    schedule=schedule, prediction="x0", num_steps=10, seed=1, renoise=renoise,
+                    schedule=schedule, prediction="x0", num_steps=20, seed=1, renoise=renoise,
                 ))
                 errors[renoise] = float(np.sqrt(np.mean((out[:, :, 4:] - 0.7) ** 2)))
             # Unconditional samples would be N(0, 1): an RMS error of ~1.
