@@ -167,3 +167,28 @@ class LatentDiffusionModelTest(TestCase):
             LatentDiffusionModel(_vae(), pixel_shape=(18, 18, 1))
         with self.assertRaisesWithArgument(ValueError, "images", r"\(16, 16, 3\)"):
             LatentDiffusionModel(_vae(), pixel_shape=(16, 16, 3))
+
+
+class LatentDiffusionExportTest(TestCase):
+    def setUp(self):
+        super().setUp()
+        self.skip_unless_tensorflow()
+
+    def test_export_decodes_in_graph_and_matches_generate(self):
+        from keras_diffusion.export import export_saved_model
+
+        model = LatentDiffusionModel(_vae(), _unet(num_classes=2), prediction="v", seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        model.fit(_images(), np.array([0, 1, 0, 1]), batch_size=2, epochs=1, verbose=0)
+        path = os.path.join(self.get_temp_dir(), "export")
+        export_saved_model(model, path, sampler="ddim")
+        served = tf.saved_model.load(path)
+        out = served.signatures["generate"](
+            seed=tf.constant(3, tf.int64), batch_size=tf.constant(2),
+            labels=tf.constant([0, 1]), guidance_scale=tf.constant(2.0),
+            num_steps=tf.constant(3),
+        )
+        self.assertEqual(tuple(out["images"].shape), (2, 16, 16, 1))
+        expected = model.generate(labels=[0, 1], sampler="ddim", num_steps=3, seed=3,
+                                  guidance_scale=2.0, verbose=0)
+        self.assertAllClose(out["images_float"], expected, atol=1e-5, rtol=0)
