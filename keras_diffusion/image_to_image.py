@@ -80,6 +80,7 @@ from keras import ops
 from keras_diffusion import samplers as samplers_lib
 from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.samplers.sampler import step_noise
+from keras_diffusion.utils.images import to_float
 
 RENOISE_MODES = ("fresh", "fixed")
 # Stream indices of `step_noise` used here (the samplers use 0 .. N - 1).
@@ -148,11 +149,7 @@ def check_mask(mask, images):
 
 
 def _check_images(images, name="images"):
-    images = ops.convert_to_tensor(images)
-    dtype = keras.backend.standardize_dtype(images.dtype)
-    if "int" in dtype:
-        images = ops.cast(images, "float32") / 127.5 - 1.0
-    images = ops.cast(images, "float32")
+    images = to_float(images)
     if len(images.shape) < 2:
         raise ValueError(
             f"`{name}` must have shape (batch, ...), received shape {tuple(images.shape)}"
@@ -292,10 +289,7 @@ def replace_known(model_fn, images, mask, schedule, noise, renoise="fresh", seed
     for each evaluation time (`"fresh"`, drawn statelessly from `seed` and
     t). See the module docstring for which to use.
     """
-    if renoise not in ("fixed", "fresh"):
-        raise ValueError(
-            f"`renoise` must be 'fixed' or 'fresh', received renoise={renoise!r}"
-        )
+    renoise = _check_renoise(renoise)
     schedule = schedules_lib.get(schedule)
 
     def known_at(t):
@@ -347,27 +341,18 @@ def inpaint(
     Returns:
         float32 images: the sampler's output under the mask, `images` elsewhere.
     """
-    strength = check_strength(strength)
-    sampler = samplers_lib.get(sampler)
-    schedule = schedules_lib.get(schedule)
+    check_strength(strength)
     images = _check_images(images)
     mask = check_mask(mask, images)
-    renoise = _check_renoise(renoise)
-    tail = strength_timesteps(sampler, schedule, strength, num_steps, timesteps, spacing)
-    if tail.size == 0:
-        return images
     if seed is None:
         seed = int(np.random.randint(0, 2**31 - 1))
     eps = _noise(noise, images, seed)
+    # img2img (SDEdit) with the known region replaced before every call.
     wrapped = replace_known(model_fn, images, mask, schedule, eps, renoise, seed)
-    x_start = _start(schedule, images, eps, float(tail[0]))
-    x0 = sampler.sample(
-        wrapped,
-        x_start / schedule.prior_std,
-        schedule=schedule,
-        prediction=prediction,
-        timesteps=tail,
-        seed=seed,
+    x0 = img2img(
+        wrapped, images, sampler=sampler, schedule=schedule, prediction=prediction,
+        strength=strength, num_steps=num_steps, timesteps=timesteps, spacing=spacing,
+        seed=seed, noise=eps,
     )
     return mask * x0 + (1.0 - mask) * images
 

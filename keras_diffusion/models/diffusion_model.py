@@ -16,6 +16,7 @@ from keras_diffusion import samplers as samplers_lib
 from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.guidance import classifier_free_guidance
 from keras_diffusion.samplers.sampler import step_noise
+from keras_diffusion.utils.images import to_float
 
 NAN_POLICIES = ("raise", "skip")
 _DATA_KEYS = ("images", "labels", "text", "context", "condition")
@@ -578,12 +579,7 @@ class DiffusionModel(keras.Model):
         return images, cond, valid
 
     def _standardize_images(self, images):
-        images = ops.convert_to_tensor(images)
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if "int" in dtype:
-            images = ops.cast(images, "float32") / 127.5 - 1.0
-        else:
-            images = ops.cast(images, "float32")
+        images = to_float(images)
         shape = tuple(images.shape[1:])
         if self.image_shape is not None and shape != self.image_shape:
             raise ValueError(

@@ -11,6 +11,7 @@ from keras import ops
 from keras_diffusion import image_to_image
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.diffusion_model import _split_data
+from keras_diffusion.utils.images import to_float
 
 CONDITION_ENCODINGS = ("none", "resize", "vae")
 
@@ -313,10 +314,7 @@ class LatentDiffusionModel(DiffusionModel):
     def encode_images(self, images, sample=False, seed=None):
         """Pixels `(B, *pixel_shape)` in [-1, 1] (uint8 rescaled) -> diffusion
         latents `(B, *image_shape)` (scaled, no gradient)."""
-        images = ops.convert_to_tensor(images)
-        if "int" in keras.backend.standardize_dtype(images.dtype):
-            images = ops.cast(images, "float32") / 127.5 - 1.0
-        images = ops.cast(images, "float32")
+        images = to_float(images)
         shape = tuple(images.shape[1:])
         if self.pixel_shape is not None and shape != tuple(self.pixel_shape):
             raise ValueError(
@@ -340,10 +338,7 @@ class LatentDiffusionModel(DiffusionModel):
     def encode_condition(self, condition):
         """A pixel-level image condition -> the denoiser's condition
         (`condition_encoding`)."""
-        condition = ops.convert_to_tensor(condition)
-        if "int" in keras.backend.standardize_dtype(condition.dtype):
-            condition = ops.cast(condition, "float32") / 127.5 - 1.0
-        condition = ops.cast(condition, "float32")
+        condition = to_float(condition)
         if len(condition.shape) != 4:
             raise ValueError(
                 "`condition` must have shape (batch, height, width, channels), "

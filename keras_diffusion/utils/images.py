@@ -1,6 +1,18 @@
 """Image helpers: [-1, 1] floats -> uint8, image grids, PNG files."""
 
+import keras
 import numpy as np
+from keras import ops
+
+
+def to_float(images):
+    """Images as a float32 tensor; integer images (uint8 in [0, 255]) are
+    rescaled to [-1, 1] with x / 127.5 - 1, float images are only cast.
+    """
+    images = ops.convert_to_tensor(images)
+    if "int" in keras.backend.standardize_dtype(images.dtype):
+        return ops.cast(images, "float32") / 127.5 - 1.0
+    return ops.cast(images, "float32")
 
 
 def to_uint8(images):
@@ -16,7 +28,7 @@ def to_uint8(images):
     return np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
-def make_grid(images, num_rows=None, padding=2, pad_value=255):
+def make_grid(images, num_rows=None, padding=2, pad_value=255, num_cols=None):
     """Tiles a batch of images into one image.
 
     Args:
@@ -24,6 +36,7 @@ def make_grid(images, num_rows=None, padding=2, pad_value=255):
         num_rows: number of rows (default: about sqrt(N)); columns follow.
         padding: pixels between images.
         pad_value: uint8 value of the padding.
+        num_cols: number of columns instead of `num_rows` (rows follow).
 
     Returns:
         A uint8 array `(rows * (H + padding) + padding, cols * (W + padding)
@@ -41,10 +54,14 @@ def make_grid(images, num_rows=None, padding=2, pad_value=255):
     n, h, w, c = images.shape
     if n == 0:
         raise ValueError("`images` is empty")
-    if num_rows is None:
-        num_rows = int(np.ceil(np.sqrt(n)))
-    num_rows = max(1, min(int(num_rows), n))
-    num_cols = int(np.ceil(n / num_rows))
+    if num_cols is not None:
+        num_cols = max(1, int(num_cols))
+        num_rows = int(np.ceil(n / num_cols))
+    else:
+        if num_rows is None:
+            num_rows = int(np.ceil(np.sqrt(n)))
+        num_rows = max(1, min(int(num_rows), n))
+        num_cols = int(np.ceil(n / num_rows))
     grid = np.full(
         (num_rows * (h + padding) + padding, num_cols * (w + padding) + padding, c),
         pad_value,

@@ -9,6 +9,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from keras_diffusion.utils.images import make_grid
+
 
 class StepCounter(keras.callbacks.Callback):
     """Keeps the global step: an "epoch" of fit is one checkpoint interval."""
@@ -42,15 +44,8 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 def image_grid(images, columns=None):
     """`[N, H, W, C]` in [-1, 1] -> one uint8 grid image `[rows*H, cols*W, C]`."""
-    images = np.clip((np.asarray(images) + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    n, h, w, c = images.shape
-    columns = columns or int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / columns))
-    grid = np.zeros((rows * h, columns * w, c), np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = image
-    return grid
+    columns = columns or int(np.ceil(np.sqrt(len(images))))
+    return make_grid(images, num_cols=columns, padding=0)
 
 
 def sample_labels(config, num):
