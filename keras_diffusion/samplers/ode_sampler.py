@@ -3,7 +3,6 @@
 import numpy as np
 from keras import ops
 
-from keras_diffusion import objectives
 from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.samplers.euler_sampler import flow
 from keras_diffusion.samplers.sampler import Sampler
@@ -125,14 +124,7 @@ class ODESampler(Sampler):
                 "ODESampler needs the TensorFlow backend (tfp.math.ode), "
                 f"received backend {keras.backend.backend()!r}"
             )
-        schedule = schedules_lib.get(schedule)
-        objectives.validate_prediction(prediction)
-        noise = tf.cast(tf.convert_to_tensor(noise), "float32")
-        if len(noise.shape) < 2:
-            raise ValueError(
-                "`noise` must have shape [batch, ...] with at least 2 axes, "
-                f"received shape {tuple(noise.shape)}"
-            )
+        noise, schedule = self._check_inputs(noise, schedule, prediction)
         times = self.timesteps(schedule, timesteps=timesteps)
         denoise = self._make_denoise(model_fn, schedule, prediction)
 

@@ -137,14 +137,7 @@ class Sampler:
         Returns:
             The samples, shaped like `noise`, float32.
         """
-        schedule = schedules_lib.get(schedule)
-        objectives.validate_prediction(prediction)
-        noise = ops.cast(ops.convert_to_tensor(noise), "float32")
-        if len(noise.shape) < 2:
-            raise ValueError(
-                "`noise` must have shape [batch, ...] with at least 2 axes, "
-                f"received shape {tuple(noise.shape)}"
-            )
+        noise, schedule = self._check_inputs(noise, schedule, prediction)
         times = self.timesteps(schedule, num_steps, timesteps, spacing)
         times = ops.concatenate([times, ops.zeros((1,), "float32")])
         if seed is None:
@@ -164,6 +157,19 @@ class Sampler:
         return make_timesteps(schedule, num_steps, spacing or "uniform")
 
     # --- shared pieces -----------------------------------------------------
+    @staticmethod
+    def _check_inputs(noise, schedule, prediction):
+        """Validates `sample`'s arguments: returns (float32 noise, schedule)."""
+        schedule = schedules_lib.get(schedule)
+        objectives.validate_prediction(prediction)
+        noise = ops.cast(ops.convert_to_tensor(noise), "float32")
+        if len(noise.shape) < 2:
+            raise ValueError(
+                "`noise` must have shape [batch, ...] with at least 2 axes, "
+                f"received shape {tuple(noise.shape)}"
+            )
+        return noise, schedule
+
     def _make_denoise(self, model_fn, schedule, prediction):
         def denoise(x, t):
             batch_t = ops.full((ops.shape(x)[0],), t)
