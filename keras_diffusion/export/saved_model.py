@@ -17,36 +17,11 @@ import keras
 from keras import ops
 
 from keras_diffusion import samplers as samplers_lib
-from keras_diffusion.samplers.sampler import step_noise
-
-# The `step` of `step_noise` that draws the initial noise x_1 of `generate`
-# (the samplers' loop steps use 0 .. num_steps - 1, with a different seed).
-INITIAL_NOISE_STEP = 2**31 - 1
-# `DiffusionModel.generate`'s per-chunk seed of the sampler: the first chunk's.
-_CHUNK_SEED_MULTIPLIER = 1000003
-_CHUNK_SEED_MODULUS = 2**31 - 1
+from keras_diffusion.models.diffusion_model import initial_noise
+from keras_diffusion.models.diffusion_model import sampler_seed
 
 SIGNATURES = ("serving_default", "generate", "generate_from_noise", "denoise")
 METADATA_FILE = os.path.join("assets.extra", "keras_diffusion_export.json")
-
-
-def initial_noise(shape, seed):
-    """The initial noise of `generate` for an int seed: `N(0, I)` of `shape`.
-
-    Stateless and the same in eager mode, in `tf.function` and in the exported
-    graph; the exported `generate` signature draws its noise with it.
-    """
-    return step_noise(shape, seed, INITIAL_NOISE_STEP)
-
-
-def sampler_seed(seed):
-    """The seed of the sampler's per-step noise for a `generate` seed.
-
-    The same as `DiffusionModel.generate` uses for its first (or only) batch:
-    `(seed * 1000003) % (2**31 - 1)` (seeds in [0, 2**31)).
-    """
-    seed = ops.cast(seed, "int64")
-    return ops.mod(seed * _CHUNK_SEED_MULTIPLIER, _CHUNK_SEED_MODULUS)
 
 
 def export_saved_model(
@@ -89,8 +64,8 @@ def export_saved_model(
     `generate` draws its noise as `initial_noise((B, ...), seed)` and seeds
     the sampler with `sampler_seed(seed)` (seeds in [0, 2**31)), so that it
     gives the same images as `model.generate(B, seed=seed, ...)` for the same
-    inputs once `generate` draws its noise with `initial_noise` too;
-    `generate_from_noise` given `generate`'s noise does in any case. Invalid inputs
+    inputs (both use the functions of `keras_diffusion.models.diffusion_model`);
+    so does `generate_from_noise` given `generate`'s noise. Invalid inputs
     at serving time (num_steps <= 0, guidance_scale < 0, labels out of
     range, ...) make the request fail with an `InvalidArgumentError` that
     names the input and its value.

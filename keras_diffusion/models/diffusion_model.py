@@ -24,6 +24,32 @@ _DATA_KEYS = ("images", "labels", "text", "context", "condition")
 _EVAL_SEED = 20240531
 
 
+# `generate(seed=...)`: the initial noise is `step_noise(shape, seed,
+# INITIAL_NOISE_STEP)` (the samplers' own steps use 0 .. num_steps - 1 with
+# another seed), and the sampler of chunk i gets `sampler_seed(seed, i)`. The
+# exported SavedModel draws both the same way.
+INITIAL_NOISE_STEP = 2**31 - 1
+_SEED_MULTIPLIER = 1000003
+_SEED_MODULUS = 2**31 - 1
+
+
+def initial_noise(shape, seed):
+    """The initial noise of `generate` for an int seed: `N(0, I)` of `shape`."""
+    return step_noise(shape, seed, INITIAL_NOISE_STEP)
+
+
+def sampler_seed(seed, chunk=0):
+    """The seed of the sampler in `generate`'s batch `chunk` for a seed.
+
+    `(seed * 1000003 + chunk) % (2**31 - 1)`: exact Python integers for an int
+    seed, int64 ops for a tensor (the exported graph).
+    """
+    if isinstance(seed, (int, np.integer)):
+        return np.int64((int(seed) * _SEED_MULTIPLIER + chunk) % _SEED_MODULUS)
+    seed = ops.cast(seed, "int64")
+    return ops.mod(seed * _SEED_MULTIPLIER + chunk, _SEED_MODULUS)
+
+
 def _has_accelerator():
     if keras.backend.backend() != "tensorflow":
         return False
@@ -1030,8 +1056,7 @@ class DiffusionModel(keras.Model):
         if jit_compile is None:
             jit_compile = bool(self.jit_compile) if self.compiled else _has_accelerator()
         eager = bool(getattr(self, "run_eagerly", False))
-        # The same draw as the exported SavedModel's (export.initial_noise).
-        noise = step_noise((num,) + tuple(self.image_shape), seed, 2**31 - 1)
+        noise = initial_noise((num,) + tuple(self.image_shape), seed)
         noise = np.asarray(ops.convert_to_numpy(noise), "float32")
         times = sampler.timesteps(self.schedule, num_steps, timesteps, spacing)
         times_np = np.asarray(ops.convert_to_numpy(times), "float32")
@@ -1057,7 +1082,7 @@ class DiffusionModel(keras.Model):
                     inputs["context"] = context[start:stop]
                 if condition is not None:
                     inputs["condition"] = condition[start:stop]
-                chunk_seed = np.int64((seed * 1000003 + index) % (2**31 - 1))
+                chunk_seed = sampler_seed(seed, index)
                 fn = self._sampling_fn(
                     sampler, times_np, guidance_scale, tuple(sorted(inputs)), eager,
                     jit_compile, progbar,
