@@ -386,6 +386,19 @@ class ExportTest(TestCase):
         )
         np.testing.assert_array_equal(images, direct["images"].numpy())
 
+    def test_no_xla_function_without_jit_compile(self):
+        # The layers' XLA islands are traced unfused: TF Serving runs the
+        # model with its default flags (no XLA on CPU).
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(self.path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        functions = proto.meta_graphs[0].graph_def.library.function
+        self.assertGreater(len(functions), 0)
+        compiled = [f.signature.name for f in functions if f.attr["_XlaMustCompile"].b]
+        self.assertEqual(compiled, [])
+
     def test_metadata(self):
         from keras_diffusion.export import read_metadata
 

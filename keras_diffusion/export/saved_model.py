@@ -17,6 +17,7 @@ import keras
 from keras import ops
 
 from keras_diffusion import samplers as samplers_lib
+from keras_diffusion.layers import fusion
 from keras_diffusion.models.diffusion_model import initial_noise
 from keras_diffusion.models.diffusion_model import sampler_seed
 
@@ -93,7 +94,10 @@ def export_saved_model(
             XLA; the input checks, the noise draw and the tokenization stay
             outside XLA. Not for text models. XLA draws the stochastic
             samplers' per-step noise differently: the images match
-            `generate(..., jit_compile=True)`.
+            `generate(..., jit_compile=True)`. Without it the SavedModel
+            holds no XLA op at all (the layers' XLA islands,
+            `keras_diffusion.layers.fusion`, are traced unfused), so TF
+            Serving runs it with its default flags.
         verbose: print the endpoints written.
 
     Returns:
@@ -143,6 +147,9 @@ def export_saved_model(
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         with contextlib.ExitStack() as stack:
+            # No XLA island in a graph exported without jit_compile: TF Serving
+            # does not run XLA on CPU unless started with a flag.
+            stack.enter_context(fusion.disabled())
             if use_ema and hasattr(spec.diffusion, "ema_weights"):
                 stack.enter_context(spec.diffusion.ema_weights())
             for layer in spec.tracked_layers():

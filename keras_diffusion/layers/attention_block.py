@@ -3,11 +3,20 @@
 import keras
 from keras import ops
 
+from keras_diffusion.layers.group_normalization import GroupNormalization
+
 
 def multi_head_attention(q, k, v, num_heads):
     """Scaled dot-product attention on `(B, L, C)` tensors with `num_heads`
-    heads, through `keras.ops.dot_product_attention` (fused kernels where the
-    backend has them). Returns `(B, Lq, C)`."""
+    heads. Returns `(B, Lq, C)`.
+
+    On JAX and PyTorch this is `keras.ops.dot_product_attention` (fused
+    kernels where the backend has them). TensorFlow has none; there the
+    scale goes on `q` rather than on the `(B, heads, Lq, Lk)` logits (the
+    same math on a tensor `Lk / head_size` times smaller, one pass over the
+    logits fewer each way) and the products are batched matmuls (oneDNN),
+    with the softmax in float32 as in Keras.
+    """
     b = ops.shape(q)[0]
     c = q.shape[-1]
     d = c // num_heads
@@ -15,8 +24,14 @@ def multi_head_attention(q, k, v, num_heads):
     def heads(x):
         return ops.reshape(x, (b, -1, num_heads, d))
 
-    out = ops.dot_product_attention(heads(q), heads(k), heads(v))
-    return ops.reshape(out, (b, -1, c))
+    if keras.backend.backend() != "tensorflow":
+        out = ops.dot_product_attention(heads(q), heads(k), heads(v))
+        return ops.reshape(out, (b, -1, c))
+    q = ops.transpose(heads(q * ops.cast(d**-0.5, q.dtype)), (0, 2, 1, 3))
+    logits = ops.matmul(q, ops.transpose(heads(k), (0, 2, 3, 1)))
+    probs = ops.cast(ops.softmax(ops.cast(logits, "float32"), axis=-1), v.dtype)
+    out = ops.matmul(probs, ops.transpose(heads(v), (0, 2, 1, 3)))
+    return ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (b, -1, c))
 
 
 def split_heads_channels(channels, num_heads, head_channels):
@@ -82,9 +97,7 @@ class AttentionBlock(keras.layers.Layer):
         self.context_dim = None if context_dim is None else int(context_dim)
         self.epsilon = float(epsilon)
         policy = self.dtype_policy
-        self.norm = keras.layers.GroupNormalization(
-            num_groups, epsilon=epsilon, dtype=policy, name="norm"
-        )
+        self.norm = GroupNormalization(num_groups, epsilon=epsilon, dtype=policy, name="norm")
         if self.context_dim:
             self.cross_norm = keras.layers.LayerNormalization(
                 epsilon=epsilon, dtype=policy, name="cross_norm"

@@ -3,11 +3,14 @@
 import keras
 from keras import ops
 
+from keras_diffusion.layers.group_normalization import GroupNormalization
+
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class ResnetBlock(keras.layers.Layer):
     """GroupNorm -> SiLU -> conv, time conditioning, GroupNorm -> SiLU ->
-    dropout -> conv, plus a (1x1-conv) skip connection.
+    dropout -> conv, plus a (1x1-conv) skip connection. Each
+    normalization, its conditioning and SiLU run as one fused `GroupNormalization`.
 
     Called on `[x, emb]`: `x` of shape `(B, H, W, C)` and `emb` of shape
     `(B, E)` (the time / class embedding). The embedding goes through SiLU
@@ -55,14 +58,14 @@ class ResnetBlock(keras.layers.Layer):
         self.epsilon = float(epsilon)
         policy = self.dtype_policy
         c = self.output_channels
-        self.norm_1 = keras.layers.GroupNormalization(
-            num_groups, epsilon=epsilon, dtype=policy, name="norm_1"
+        self.norm_1 = GroupNormalization(
+            num_groups, epsilon=epsilon, activation="silu", dtype=policy, name="norm_1"
         )
         self.conv_1 = keras.layers.Conv2D(c, 3, padding="same", dtype=policy, name="conv_1")
         emb_units = 2 * c if time_conditioning == "scale_shift" else c
         self.emb_proj = keras.layers.Dense(emb_units, dtype=policy, name="emb_proj")
-        self.norm_2 = keras.layers.GroupNormalization(
-            num_groups, epsilon=epsilon, dtype=policy, name="norm_2"
+        self.norm_2 = GroupNormalization(
+            num_groups, epsilon=epsilon, activation="silu", dtype=policy, name="norm_2"
         )
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=policy)
         self.conv_2 = keras.layers.Conv2D(c, 3, padding="same", dtype=policy, name="conv_2")
@@ -85,15 +88,13 @@ class ResnetBlock(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x, emb = inputs
-        h = ops.silu(self.norm_1(x))
-        h = self.conv_1(h)
-        e = self.emb_proj(ops.silu(emb))[:, None, None, :]
+        h = self.conv_1(self.norm_1(x))
+        e = self.emb_proj(ops.silu(emb))
         if self.time_conditioning == "additive":
-            h = self.norm_2(h + e)
+            h = self.norm_2(h + e[:, None, None, :])
         else:
             scale, shift = ops.split(e, 2, axis=-1)
-            h = self.norm_2(h) * (1.0 + scale) + shift
-        h = ops.silu(h)
+            h = self.norm_2(h, modulation=(scale, shift))
         h = self.dropout_layer(h, training=training)
         h = self.conv_2(h)
         if self.skip is not None:

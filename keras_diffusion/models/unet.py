@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_diffusion.layers import AttentionBlock
 from keras_diffusion.layers import Downsample
+from keras_diffusion.layers import GroupNormalization
 from keras_diffusion.layers import ResnetBlock
 from keras_diffusion.layers import TimestepEmbedding
 from keras_diffusion.layers import Upsample
@@ -227,8 +228,8 @@ class UNet(Denoiser):
                 us.build((b,) + hw + (c,))
                 self.upsamplers.append(us)
                 hw = (hw[0] * 2, hw[1] * 2)
-        self.norm_out = keras.layers.GroupNormalization(
-            self.num_groups, epsilon=1e-5, dtype=policy, name="norm_out"
+        self.norm_out = GroupNormalization(
+            self.num_groups, epsilon=1e-5, activation="silu", dtype=policy, name="norm_out"
         )
         self.norm_out.build((b,) + hw + (c,))
         self.conv_out = keras.layers.Conv2D(
@@ -271,7 +272,7 @@ class UNet(Denoiser):
                     h = attend(next(attn), h)
             if level != 0:
                 h = next(us)(h)
-        h = self.conv_out(ops.silu(self.norm_out(h)))
+        h = self.conv_out(self.norm_out(h))
         return ops.cast(h, "float32")
 
     def compute_output_shape(self, input_shape):

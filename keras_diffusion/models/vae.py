@@ -12,6 +12,8 @@ import math
 import keras
 from keras import ops
 
+from keras_diffusion.layers import GroupNormalization
+
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
@@ -46,12 +48,14 @@ class VAEResnetBlock(keras.layers.Layer):
         self.epsilon = float(epsilon)
         policy = self.dtype_policy
         c = self.output_channels
-        self.norm_1 = keras.layers.GroupNormalization(
-            self.num_groups, epsilon=self.epsilon, dtype=policy, name="norm_1"
+        self.norm_1 = GroupNormalization(
+            self.num_groups, epsilon=self.epsilon, activation="silu", dtype=policy,
+            name="norm_1",
         )
         self.conv_1 = keras.layers.Conv2D(c, 3, padding="same", dtype=policy, name="conv_1")
-        self.norm_2 = keras.layers.GroupNormalization(
-            self.num_groups, epsilon=self.epsilon, dtype=policy, name="norm_2"
+        self.norm_2 = GroupNormalization(
+            self.num_groups, epsilon=self.epsilon, activation="silu", dtype=policy,
+            name="norm_2",
         )
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=policy)
         self.conv_2 = keras.layers.Conv2D(c, 3, padding="same", dtype=policy, name="conv_2")
@@ -73,8 +77,8 @@ class VAEResnetBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=None):
-        h = self.conv_1(ops.silu(self.norm_1(x)))
-        h = ops.silu(self.norm_2(h))
+        h = self.conv_1(self.norm_1(x))
+        h = self.norm_2(h)
         h = self.conv_2(self.dropout_layer(h, training=training))
         if self.skip is not None:
             x = self.skip(x)
@@ -112,7 +116,7 @@ class VAEAttentionBlock(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_groups = int(num_groups)
         self.epsilon = float(epsilon)
-        self.norm = keras.layers.GroupNormalization(
+        self.norm = GroupNormalization(
             self.num_groups, epsilon=self.epsilon, dtype=self.dtype_policy, name="norm"
         )
 
@@ -301,8 +305,8 @@ class VAE(keras.Model):
                     conv(w, 3, f"encoder_level_{level}_downsample", strides=2)
                 )
         self.encoder_layers += mid("encoder")
-        self.encoder_norm_out = keras.layers.GroupNormalization(
-            g, epsilon=1e-6, dtype=policy, name="encoder_norm_out"
+        self.encoder_norm_out = GroupNormalization(
+            g, epsilon=1e-6, activation="silu", dtype=policy, name="encoder_norm_out"
         )
         self.encoder_conv_out = conv(2 * self.latent_channels, 3, "encoder_conv_out")
 
@@ -317,8 +321,8 @@ class VAE(keras.Model):
                 self.decoder_layers.append(
                     conv(widths[level], 3, f"decoder_level_{level}_upsample")
                 )
-        self.decoder_norm_out = keras.layers.GroupNormalization(
-            g, epsilon=1e-6, dtype=policy, name="decoder_norm_out"
+        self.decoder_norm_out = GroupNormalization(
+            g, epsilon=1e-6, activation="silu", dtype=policy, name="decoder_norm_out"
         )
         self.decoder_conv_out = conv(self.input_channels, 3, "decoder_conv_out")
 
@@ -387,7 +391,7 @@ class VAE(keras.Model):
         x = ops.cast(x, self.compute_dtype)
         for layer in self.encoder_layers:
             x = layer(x, training=training) if isinstance(layer, VAEResnetBlock) else layer(x)
-        x = self.encoder_conv_out(ops.silu(self.encoder_norm_out(x)))
+        x = self.encoder_conv_out(self.encoder_norm_out(x))
         x = ops.cast(x, "float32")
         mean, logvar = ops.split(x, 2, axis=-1)
         return mean, ops.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
@@ -414,7 +418,7 @@ class VAE(keras.Model):
             if i in self._upsample_positions:
                 x = ops.repeat(ops.repeat(x, 2, axis=1), 2, axis=2)
             x = layer(x, training=training) if isinstance(layer, VAEResnetBlock) else layer(x)
-        return self.decoder_conv_out(ops.silu(self.decoder_norm_out(x)))
+        return self.decoder_conv_out(self.decoder_norm_out(x))
 
     def decode(self, latents, training=None):
         """Maps unscaled latents back to images (roughly in [-1, 1])."""
