@@ -506,6 +506,31 @@ class ExportXLATest(TestCase):
             served.signatures["generate"](batch_size=tf.constant(3),
                                           **{**common, "num_steps": tf.constant(0)})
 
+    def test_fused_layers_keep_the_xla_islands(self):
+        import tensorflow as tf
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        from keras_diffusion.export import export_saved_model
+        from keras_diffusion.models import UNet
+        from keras_diffusion.models.diffusion_model import DiffusionModel
+
+        keras.utils.set_random_seed(0)
+        model = DiffusionModel(UNet(**UNET), image_shape=(8, 8, 3))
+        model.build(None)
+        path = os.path.join(self.get_temp_dir(), "fused")
+        export_saved_model(model, path, sampler="ddim", fused_layers=True)
+        proto = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+        functions = proto.meta_graphs[0].graph_def.library.function
+        self.assertTrue(any(f.attr["_XlaMustCompile"].b for f in functions))
+        served = tf.saved_model.load(path)
+        out = served.signatures["generate"](
+            seed=tf.constant(SEED, tf.int64), batch_size=tf.constant(2),
+            guidance_scale=tf.constant(1.0), num_steps=tf.constant(3))
+        expected = model.generate(2, sampler="ddim", num_steps=3, seed=SEED, verbose=0)
+        self.assertAllClose(out["images_float"], expected, atol=1e-4, rtol=1e-4)
+
 
 def _re(text):
     import re

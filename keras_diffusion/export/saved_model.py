@@ -35,6 +35,7 @@ def export_saved_model(
     clip=None,
     clip_denoised=None,
     jit_compile=False,
+    fused_layers=False,
     verbose=False,
 ):
     """Writes a SavedModel of `model` that TF Serving runs.
@@ -147,9 +148,9 @@ def export_saved_model(
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         with contextlib.ExitStack() as stack:
-            # No XLA island in a graph exported without jit_compile: TF Serving
-            # does not run XLA on CPU unless started with a flag.
-            stack.enter_context(fusion.disabled())
+            if not fused_layers:
+                # TF Serving runs no XLA on CPU unless started with a flag.
+                stack.enter_context(fusion.disabled())
             if use_ema and hasattr(spec.diffusion, "ema_weights"):
                 stack.enter_context(spec.diffusion.ema_weights())
             for layer in spec.tracked_layers():

@@ -1,0 +1,256 @@
+"""Where a UNet training step spends its time on this CPU: convolutions vs the
+rest, keras_diffusion (TensorFlow) and diffusers (PyTorch), same config and
+step as `unet_throughput.py` (AdamW on the epsilon loss, batch 32, 2 threads).
+
+Both frameworks run their convolutions through oneDNN, so the convolution time
+of a step is a floor neither side can go below by changing anything else. This
+script measures, per side and precision, the wall time of a step and the time
+its convolution ops take (TensorFlow profiler / torch.profiler, averaged over
+`--profile-steps` steps), and from them the largest speed-up over diffusers
+that keras_diffusion could reach if all its non-convolution work were free:
+
+    bound = diffusers step time / keras_diffusion convolution time
+
+Usage (from the repository root):
+    python benchmarks/unet_profile.py
+Writes benchmarks/results/unet_profile.{json,md}.
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from unet_throughput import BATCH_TRAIN  # noqa: E402
+from unet_throughput import _machine  # noqa: E402
+from unet_throughput import _versions  # noqa: E402
+from unet_throughput import diffusers_unet  # noqa: E402
+
+
+def _emit(**record):
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+# --------------------------------------------------------------------- keras
+def _tf_op_times(logdir):
+    """Total duration (ms) per op type of the TF ops in a profiler trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    path = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")))[-1]
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    times = collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if ":" in name:  # "node_name:OpType"
+                    times[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9
+    return times
+
+
+def run_keras(args):
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    sys.path.insert(0, os.path.dirname(HERE))
+    from keras_diffusion.models import UNet
+    from keras_diffusion.schedules import CosineSchedule
+
+    schedule = CosineSchedule()
+    for policy in args.policies:
+        keras.config.set_dtype_policy(policy)
+        keras.utils.set_random_seed(0)
+        model = UNet.from_preset("unet_cifar10_small")
+        model.build({"x_t": (None, 32, 32, 3), "t": (None,)})
+        opt = keras.optimizers.AdamW(1e-4)
+        opt.build(model.trainable_variables)
+
+        @tf.function
+        def train_step(x0):
+            t = tf.random.uniform((tf.shape(x0)[0],), 1e-3, 1.0)
+            eps = tf.random.normal(tf.shape(x0))
+            alpha, sigma = schedule.alpha_sigma(t)
+            x_t = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
+            with tf.GradientTape() as tape:
+                pred = model({"x_t": x_t, "t": t}, training=True)
+                loss = tf.reduce_mean(tf.square(tf.cast(pred, "float32") - eps))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply(grads, model.trainable_variables)
+            return loss
+
+        x0 = tf.random.uniform((BATCH_TRAIN, 32, 32, 3), -1, 1)
+        for _ in range(args.warmup):
+            train_step(x0).numpy()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            loss = train_step(x0)
+        loss.numpy()
+        step_ms = (time.perf_counter() - start) / args.steps * 1e3
+        logdir = tempfile.mkdtemp(prefix="unet_profile_")
+        tf.profiler.experimental.start(logdir)
+        for _ in range(args.profile_steps):
+            train_step(x0).numpy()
+        tf.profiler.experimental.stop()
+        ops = _tf_op_times(logdir)
+        conv = sum(v for k, v in ops.items() if "Conv2D" in k or k == "BiasAddGrad")
+        top = sorted(((k, v) for k, v in ops.items() if "Conv2D" not in k), key=lambda kv: -kv[1])
+        _emit(
+            side="keras_diffusion (TF)", precision=policy, step_ms=step_ms,
+            conv_ms=conv / args.profile_steps,
+            top_other_ops_ms={k: round(v / args.profile_steps, 1) for k, v in top[:8]},
+        )
+
+
+# --------------------------------------------------------------------- torch
+def run_torch(args):
+    import torch
+    from torch.profiler import profile
+
+    torch.set_num_threads(args.threads)
+    for precision in args.torch_precisions:
+        torch.manual_seed(0)
+        model = diffusers_unet()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+        x0 = torch.rand(BATCH_TRAIN, 3, 32, 32) * 2 - 1
+        alphas = torch.cos(torch.linspace(0, 1, 1000) * torch.pi / 2).clamp(min=1e-3)
+
+        def train_step():
+            steps = torch.randint(0, 1000, (BATCH_TRAIN,))
+            eps = torch.randn_like(x0)
+            a = alphas[steps][:, None, None, None]
+            x_t = a * x0 + (1 - a**2).sqrt() * eps
+            with autocast:
+                pred = model(x_t, steps).sample
+            loss = torch.mean((pred.float() - eps) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        model.train()
+        for _ in range(args.warmup):
+            train_step()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            train_step()
+        step_ms = (time.perf_counter() - start) / args.steps * 1e3
+        with profile() as prof:
+            for _ in range(args.profile_steps):
+                train_step()
+        self_ms = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+        conv = sum(v for k, v in self_ms.items() if "convolution" in k)
+        top = sorted(((k, v) for k, v in self_ms.items() if "convolution" not in k),
+                     key=lambda kv: -kv[1])
+        _emit(
+            side="diffusers UNet2DModel (PyTorch)", precision=precision, step_ms=step_ms,
+            conv_ms=conv / args.profile_steps,
+            top_other_ops_ms={k: round(v / args.profile_steps, 1) for k, v in top[:8]},
+        )
+
+
+# ---------------------------------------------------------------------- main
+def _run_side(side, argv):
+    cmd = [sys.executable, os.path.abspath(__file__), "--side", side] + argv
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr[-4000:])
+    return [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
+            if line.startswith("RESULT ")]
+
+
+def _markdown(results, meta):
+    lines = [
+        "# UNet training step: convolution time vs the rest (CPU)",
+        "",
+        f"Machine: {meta['machine']['cpu']}, {meta['threads']} threads per side. "
+        f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
+        f"Command: `{meta['command']}`; load average during the run: {meta['load']}.",
+        "",
+        "Config and step as `unet_throughput.py` (8.95M-parameter UNet, 32x32x3, AdamW, "
+        "batch 32). `conv ms`: the convolution ops' own time per step (forward, "
+        "input and weight gradients; TensorFlow profiler / torch.profiler).",
+        "",
+        "| precision | side | step ms | conv ms | conv share | rest ms |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['precision']} | {r['side']} | {r['step_ms']:.0f} | {r['conv_ms']:.0f} | "
+            f"{r['conv_ms'] / r['step_ms']:.0%} | {r['step_ms'] - r['conv_ms']:.0f} |"
+        )
+    lines += ["", "| precision | bound: diffusers step / our conv | rest allowed for 1.5x | our rest |",
+              "| --- | --- | --- | --- |"]
+    for ours, theirs in _pairs(results):
+        allowed = theirs["step_ms"] / 1.5 - ours["conv_ms"]
+        lines.append(
+            f"| {ours['precision']} | {theirs['step_ms'] / ours['conv_ms']:.2f}x | "
+            f"{allowed:.0f} ms | {ours['step_ms'] - ours['conv_ms']:.0f} ms |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pairs(results):
+    for ours in results:
+        if not ours["side"].startswith("keras"):
+            continue
+        want = "float32" if ours["precision"] == "float32" else "bfloat16"
+        for theirs in results:
+            if theirs["side"].startswith("diffusers") and theirs["precision"] == want:
+                yield ours, theirs
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", choices=["keras", "torch"], default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--profile-steps", type=int, default=2)
+    parser.add_argument("--policies", nargs="+", default=["float32", "mixed_bfloat16"])
+    parser.add_argument("--torch-precisions", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+    if args.side == "keras":
+        return run_keras(args)
+    if args.side == "torch":
+        return run_torch(args)
+    argv = ["--threads", str(args.threads), "--warmup", str(args.warmup),
+            "--steps", str(args.steps), "--profile-steps", str(args.profile_steps),
+            "--policies", *args.policies, "--torch-precisions", *args.torch_precisions]
+    results = _run_side("torch", argv) + _run_side("keras", argv)
+    meta = {
+        "machine": _machine(),
+        "versions": _versions(),
+        "threads": args.threads,
+        "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "unet_profile.json"), "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2)
+    text = _markdown(results, meta)
+    with open(os.path.join(args.out, "unet_profile.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
