@@ -19,9 +19,7 @@ Writes benchmarks/results/unet_profile.{json,md}.
 import argparse
 import collections
 import glob
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +27,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from unet_throughput import BATCH_TRAIN  # noqa: E402
-from unet_throughput import _machine  # noqa: E402
-from unet_throughput import _versions  # noqa: E402
-from unet_throughput import diffusers_unet  # noqa: E402
-
-
-def _emit(**record):
-    print("RESULT " + json.dumps(record), flush=True)
+from unet_throughput import _emit  # noqa: E402
+from unet_throughput import keras_training  # noqa: E402
+from unet_throughput import run_and_write  # noqa: E402
+from unet_throughput import torch_training  # noqa: E402
 
 
 # --------------------------------------------------------------------- keras
@@ -67,35 +61,8 @@ def run_keras(args):
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
-
-    sys.path.insert(0, os.path.dirname(HERE))
-    from keras_diffusion.models import UNet
-    from keras_diffusion.schedules import CosineSchedule
-
-    schedule = CosineSchedule()
     for policy in args.policies:
-        keras.config.set_dtype_policy(policy)
-        keras.utils.set_random_seed(0)
-        model = UNet.from_preset("unet_cifar10_small")
-        model.build({"x_t": (None, 32, 32, 3), "t": (None,)})
-        opt = keras.optimizers.AdamW(1e-4)
-        opt.build(model.trainable_variables)
-
-        @tf.function
-        def train_step(x0):
-            t = tf.random.uniform((tf.shape(x0)[0],), 1e-3, 1.0)
-            eps = tf.random.normal(tf.shape(x0))
-            alpha, sigma = schedule.alpha_sigma(t)
-            x_t = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
-            with tf.GradientTape() as tape:
-                pred = model({"x_t": x_t, "t": t}, training=True)
-                loss = tf.reduce_mean(tf.square(tf.cast(pred, "float32") - eps))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply(grads, model.trainable_variables)
-            return loss
-
-        x0 = tf.random.uniform((BATCH_TRAIN, 32, 32, 3), -1, 1)
+        _, train_step, x0 = keras_training(policy)
         for _ in range(args.warmup):
             train_step(x0).numpy()
         start = time.perf_counter()
@@ -126,24 +93,7 @@ def run_torch(args):
     torch.set_num_threads(args.threads)
     for precision in args.torch_precisions:
         torch.manual_seed(0)
-        model = diffusers_unet()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
-        x0 = torch.rand(BATCH_TRAIN, 3, 32, 32) * 2 - 1
-        alphas = torch.cos(torch.linspace(0, 1, 1000) * torch.pi / 2).clamp(min=1e-3)
-
-        def train_step():
-            steps = torch.randint(0, 1000, (BATCH_TRAIN,))
-            eps = torch.randn_like(x0)
-            a = alphas[steps][:, None, None, None]
-            x_t = a * x0 + (1 - a**2).sqrt() * eps
-            with autocast:
-                pred = model(x_t, steps).sample
-            loss = torch.mean((pred.float() - eps) ** 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        model, train_step = torch_training(precision)
         model.train()
         for _ in range(args.warmup):
             train_step()
@@ -166,15 +116,6 @@ def run_torch(args):
 
 
 # ---------------------------------------------------------------------- main
-def _run_side(side, argv):
-    cmd = [sys.executable, os.path.abspath(__file__), "--side", side] + argv
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        sys.stderr.write(proc.stderr[-4000:])
-    return [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-            if line.startswith("RESULT ")]
-
-
 def _markdown(results, meta):
     lines = [
         "# UNet training step: convolution time vs the rest (CPU)",
@@ -234,23 +175,7 @@ def main():
     argv = ["--threads", str(args.threads), "--warmup", str(args.warmup),
             "--steps", str(args.steps), "--profile-steps", str(args.profile_steps),
             "--policies", *args.policies, "--torch-precisions", *args.torch_precisions]
-    results = _run_side("torch", argv) + _run_side("keras", argv)
-    meta = {
-        "machine": _machine(),
-        "versions": _versions(),
-        "threads": args.threads,
-        "command": "python " + " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-    }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "unet_profile.json"), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=2)
-    text = _markdown(results, meta)
-    with open(os.path.join(args.out, "unet_profile.md"), "w") as f:
-        f.write(text)
-    print(text)
-
+    run_and_write(__file__, argv, args, "unet_profile", _markdown)
 
 if __name__ == "__main__":
     main()

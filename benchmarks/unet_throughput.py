@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 BATCH_TRAIN = 32
 BATCH_SAMPLE = 16
 SAMPLE_STEPS = 50
@@ -42,45 +44,54 @@ def _emit(**record):
 
 
 # --------------------------------------------------------------------- keras
+def keras_training(policy, jit=False):
+    """The UNet under `policy`, its AdamW step on the epsilon loss (a
+    tf.function, XLA when `jit`) and a training batch."""
+    import keras
+    import tensorflow as tf
+
+    from keras_diffusion.models import UNet
+    from keras_diffusion.schedules import CosineSchedule
+
+    schedule = CosineSchedule()
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(0)
+    model = UNet.from_preset("unet_cifar10_small")
+    model.build({"x_t": (None, 32, 32, 3), "t": (None,)})
+    opt = keras.optimizers.AdamW(1e-4)
+    opt.build(model.trainable_variables)
+
+    @tf.function(jit_compile=jit)
+    def train_step(x0):
+        t = tf.random.uniform((tf.shape(x0)[0],), 1e-3, 1.0)
+        eps = tf.random.normal(tf.shape(x0))
+        alpha, sigma = schedule.alpha_sigma(t)
+        x_t = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
+        with tf.GradientTape() as tape:
+            pred = model({"x_t": x_t, "t": t}, training=True)
+            loss = tf.reduce_mean(tf.square(pred - eps))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply(grads, model.trainable_variables)
+        return loss
+
+    return model, train_step, tf.random.uniform((BATCH_TRAIN, 32, 32, 3), -1, 1)
+
+
 def run_keras(args):
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
-    import numpy as np
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from keras_diffusion.models import UNet
     from keras_diffusion.samplers import DDIMSampler
     from keras_diffusion.schedules import CosineSchedule
 
     schedule = CosineSchedule()
     for policy in args.policies:
         for jit in args.jit:
-            keras.config.set_dtype_policy(policy)
-            keras.utils.set_random_seed(0)
-            model = UNet.from_preset("unet_cifar10_small")
-            model.build({"x_t": (None, 32, 32, 3), "t": (None,)})
+            model, train_step, x0 = keras_training(policy, jit)
             params = model.count_params()
-            opt = keras.optimizers.AdamW(1e-4)
-            opt.build(model.trainable_variables)
-
-            @tf.function(jit_compile=jit)
-            def train_step(x0):
-                t = tf.random.uniform((tf.shape(x0)[0],), 1e-3, 1.0)
-                eps = tf.random.normal(tf.shape(x0))
-                alpha, sigma = schedule.alpha_sigma(t)
-                x_t = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
-                with tf.GradientTape() as tape:
-                    pred = model({"x_t": x_t, "t": t}, training=True)
-                    loss = tf.reduce_mean(tf.square(pred - eps))
-                grads = tape.gradient(loss, model.trainable_variables)
-                opt.apply(grads, model.trainable_variables)
-                return loss
-
-            x0 = tf.random.uniform((BATCH_TRAIN, 32, 32, 3), -1, 1)
             for _ in range(args.warmup):
                 train_step(x0).numpy()
             start = time.perf_counter()
@@ -139,6 +150,33 @@ def diffusers_unet():
     )
 
 
+def torch_training(precision):
+    """diffusers' UNet2DModel and its AdamW step on the epsilon loss (bf16
+    autocast when `precision` is "bfloat16")."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    model = diffusers_unet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    x0 = torch.rand(BATCH_TRAIN, 3, 32, 32) * 2 - 1
+
+    def train_step():
+        steps = torch.randint(0, 1000, (BATCH_TRAIN,))
+        eps = torch.randn_like(x0)
+        x_t = scheduler.add_noise(x0, eps, steps)
+        with autocast:
+            pred = model(x_t, steps).sample
+        loss = torch.mean((pred.float() - eps) ** 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, train_step
+
+
 def run_torch(args):
     import torch
     from diffusers import DDIMScheduler
@@ -146,25 +184,10 @@ def run_torch(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for precision in args.torch_precisions:
-        model = diffusers_unet()
+        model, train_step = torch_training(precision)
         params = sum(p.numel() for p in model.parameters())
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
-        x0 = torch.rand(BATCH_TRAIN, 3, 32, 32) * 2 - 1
-
-        def train_step():
-            steps = torch.randint(0, 1000, (BATCH_TRAIN,))
-            eps = torch.randn_like(x0)
-            x_t = scheduler.add_noise(x0, eps, steps)
-            with autocast:
-                pred = model(x_t, steps).sample
-            loss = torch.mean((pred.float() - eps) ** 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss
-
         model.train()
         for _ in range(args.warmup):
             train_step()
@@ -231,8 +254,8 @@ def _machine():
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform()}
 
 
-def _run_side(side, argv):
-    cmd = [sys.executable, os.path.abspath(__file__), "--side", side] + argv
+def _run_side(side, argv, script=__file__):
+    cmd = [sys.executable, os.path.abspath(script), "--side", side] + argv
     proc = subprocess.run(cmd, capture_output=True, text=True)
     records = [
         json.loads(line[len("RESULT "):])
@@ -308,7 +331,13 @@ def main():
         "--policies", *args.policies, "--torch-precisions", *args.torch_precisions,
         "--jit", *[str(j) for j in args.jit], "--sample-jit", *[str(j) for j in args.sample_jit],
     ]
-    results = _run_side("torch", argv) + _run_side("keras", argv)
+    run_and_write(__file__, argv, args, "unet_throughput", _markdown)
+
+
+def run_and_write(script, argv, args, name, markdown):
+    """Runs `script`'s torch side, then its keras side (each in its own
+    subprocess), and writes `args.out`/`name`.{json,md}."""
+    results = _run_side("torch", argv, script) + _run_side("keras", argv, script)
     meta = {
         "machine": _machine(),
         "versions": _versions(),
@@ -318,12 +347,12 @@ def main():
         "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "unet_throughput.json"), "w") as f:
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
-    with open(os.path.join(args.out, "unet_throughput.md"), "w") as f:
-        f.write(_markdown(results, meta))
-    print(_markdown(results, meta))
-
+    text = markdown(results, meta)
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
+        f.write(text)
+    print(text)
 
 if __name__ == "__main__":
     main()

@@ -1,13 +1,10 @@
 """training/: config files, config checks and start-up errors (no training)."""
 
 import importlib
-import json
 import os
 import subprocess
 import sys
 
-import ml_collections
-import pytest
 
 from keras_diffusion.testing import TestCase
 from training.lib import config as config_lib

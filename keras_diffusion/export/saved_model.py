@@ -440,7 +440,6 @@ class _Endpoints:
         import tensorflow as tf
 
         spec = self.spec
-        diffusion = spec.diffusion
         if "noise" in inputs:
             noise = inputs["noise"]
             batch = tf.shape(noise, out_type=tf.int32)[0]

@@ -9,8 +9,8 @@ from keras_diffusion.layers.group_normalization import GroupNormalization
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class ResnetBlock(keras.layers.Layer):
     """GroupNorm -> SiLU -> conv, time conditioning, GroupNorm -> SiLU ->
-    dropout -> conv, plus a (1x1-conv) skip connection. Each
-    normalization, its conditioning and SiLU run as one fused `GroupNormalization`.
+    dropout -> conv, plus a (1x1-conv) skip connection. Each normalization,
+    with its time conditioning and SiLU, is one fused `GroupNormalization`.
 
     Called on `[x, emb]`: `x` of shape `(B, H, W, C)` and `emb` of shape
     `(B, E)` (the time / class embedding). The embedding goes through SiLU

@@ -45,7 +45,6 @@ import math
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-from keras import ops
 
 from keras_diffusion import objectives
 from keras_diffusion import schedules as schedules_lib
