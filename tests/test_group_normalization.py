@@ -201,6 +201,19 @@ class GroupNormalizationGradientTest(TestCase):
         self.assertIn("Mean", names)
 
 
+class GroupNormalizationTracingTest(TestCase):
+    def test_many_layers_do_not_warn_of_retracing(self):
+        # TensorFlow warns when one function retraces 5 times in a row; the
+        # UNet has dozens of group norms of different shapes.
+        self.skip_unless_tensorflow()
+        import tensorflow as tf
+
+        x = tf.constant(_data()[0])
+        with self.assertNoLogs("tensorflow", level="WARNING"):
+            for i in range(8):
+                _layer(4, "silu")(tf.concat([x] * (1 + i % 3), axis=-1))
+
+
 @pytest.mark.jax
 class FusionTest(TestCase):
     def test_enabled_only_on_tensorflow(self):

@@ -44,13 +44,17 @@ def fused(fn):
     """Returns `fn`, compiled as an XLA island when called on TensorFlow.
 
     `fn` takes tensors (or None) and Python scalars; the Python values are
-    part of the compiled function's signature, as with `tf.function`.
+    part of the compiled function's signature, as with `tf.function`. Each
+    call of `fused` makes a new compiled function: a layer keeps its own, so
+    that it is traced only for that layer's shapes.
     """
     if keras.backend.backend() != "tensorflow":
         return fn
     import tensorflow as tf
 
-    compiled = tf.function(fn, jit_compile=True, autograph=False)
+    # A callable object of its own: TensorFlow counts retracings per code
+    # object, and the layers that share `fn` each trace it for their shapes.
+    compiled = tf.function(_Island(fn), jit_compile=True, autograph=False)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -59,3 +63,11 @@ def fused(fn):
         return compiled(*args, **kwargs)
 
     return wrapper
+
+
+class _Island:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
