@@ -43,29 +43,41 @@ def disabled():
 def fused(fn):
     """Returns `fn`, compiled as an XLA island when called on TensorFlow.
 
-    `fn` takes tensors (or None) and Python scalars; the Python values are
-    part of the compiled function's signature, as with `tf.function`. Each
-    call of `fused` makes a new compiled function: a layer keeps its own, so
-    that it is traced only for that layer's shapes.
+    `fn` takes tensors (or None) and Python scalars. One compiled function
+    is kept per signature (shapes, dtypes and Python values): layers with
+    the same shapes share it (and its XLA compilation), and none is traced
+    twice, so TensorFlow's frequent-retracing warning stays quiet however
+    many differently shaped layers call `fn`.
     """
     if keras.backend.backend() != "tensorflow":
         return fn
     import tensorflow as tf
 
-    # A callable object of its own: TensorFlow counts retracings per code
-    # object, and the layers that share `fn` each trace it for their shapes.
-    compiled = tf.function(_Island(fn), jit_compile=True, autograph=False)
+    compiled = {}
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if not enabled():
             return fn(*args, **kwargs)
-        return compiled(*args, **kwargs)
+        key = (tuple(_key(a) for a in args), tuple((k, _key(v)) for k, v in sorted(kwargs.items())))
+        if key not in compiled:
+            compiled[key] = tf.function(_Island(fn), jit_compile=True, autograph=False)
+        return compiled[key](*args, **kwargs)
 
     return wrapper
 
 
+def _key(value):
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype"):
+        return (tuple(shape), str(value.dtype))
+    return value
+
+
 class _Island:
+    """A callable of its own for each compiled function (TensorFlow counts
+    retracings per code object)."""
+
     def __init__(self, fn):
         self.fn = fn
 

@@ -37,6 +37,9 @@ def group_norm(x, gamma, beta, groups, epsilon, scale=None, shift=None, silu=Fal
     return ops.cast(ops.reshape(y, shape), x.dtype)
 
 
+_fused_group_norm = fusion.fused(group_norm)
+
+
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class GroupNormalization(keras.layers.GroupNormalization):
     """`keras.layers.GroupNormalization` (channels last) with an optional
@@ -95,12 +98,10 @@ class GroupNormalization(keras.layers.GroupNormalization):
             )
         super().__init__(groups=groups, axis=-1, epsilon=epsilon, **kwargs)
         self.activation = activation
-        # One compiled function per layer: each traces for its own shapes only.
-        self._group_norm = fusion.fused(group_norm)
 
     def call(self, inputs, modulation=None):
         scale, shift = (None, None) if modulation is None else modulation
-        return self._group_norm(
+        return _fused_group_norm(
             ops.cast(inputs, self.compute_dtype),
             None if self.gamma is None else self.gamma.value,
             None if self.beta is None else self.beta.value,
