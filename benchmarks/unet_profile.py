@@ -136,8 +136,11 @@ def _markdown(results, meta):
             f"| {r['precision']} | {r['side']} | {r['step_ms']:.0f} | {r['conv_ms']:.0f} | "
             f"{r['conv_ms'] / r['step_ms']:.0%} | {r['step_ms'] - r['conv_ms']:.0f} |"
         )
-    lines += ["", "| precision | bound: diffusers step / our conv | rest allowed for 1.5x | our rest |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| precision | bound: diffusers step / our conv | rest allowed for 1.5x | our rest |",
+        "| --- | --- | --- | --- |",
+    ]
     for ours, theirs in _pairs(results):
         allowed = theirs["step_ms"] / 1.5 - ours["conv_ms"]
         lines.append(

@@ -59,7 +59,10 @@ def fused(fn):
     def wrapper(*args, **kwargs):
         if not enabled():
             return fn(*args, **kwargs)
-        key = (tuple(_key(a) for a in args), tuple((k, _key(v)) for k, v in sorted(kwargs.items())))
+        key = (
+            tuple(_key(a) for a in args),
+            tuple((k, _key(v)) for k, v in sorted(kwargs.items())),
+        )
         if key not in compiled:
             compiled[key] = tf.function(_Island(fn), jit_compile=True, autograph=False)
         return compiled[key](*args, **kwargs)
