@@ -16,7 +16,6 @@ Usage (from the repository root):
 Writes benchmarks/results/unet_profile.{json,md}.
 """
 
-import argparse
 import collections
 import glob
 import os
@@ -30,6 +29,8 @@ sys.path.insert(0, HERE)
 from unet_throughput import _emit  # noqa: E402
 from unet_throughput import keras_training  # noqa: E402
 from unet_throughput import run_and_write  # noqa: E402
+from unet_throughput import side_argv  # noqa: E402
+from unet_throughput import side_parser  # noqa: E402
 from unet_throughput import torch_training  # noqa: E402
 
 
@@ -93,7 +94,7 @@ def run_torch(args):
     torch.set_num_threads(args.threads)
     for precision in args.torch_precisions:
         torch.manual_seed(0)
-        model, train_step = torch_training(precision)
+        model, train_step, _, _ = torch_training(precision)
         model.train()
         for _ in range(args.warmup):
             train_step()
@@ -161,24 +162,16 @@ def _pairs(results):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--side", choices=["keras", "torch"], default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=4)
+    parser = side_parser(steps=4)
     parser.add_argument("--profile-steps", type=int, default=2)
-    parser.add_argument("--policies", nargs="+", default=["float32", "mixed_bfloat16"])
-    parser.add_argument("--torch-precisions", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     if args.side == "keras":
         return run_keras(args)
     if args.side == "torch":
         return run_torch(args)
-    argv = ["--threads", str(args.threads), "--warmup", str(args.warmup),
-            "--steps", str(args.steps), "--profile-steps", str(args.profile_steps),
-            "--policies", *args.policies, "--torch-precisions", *args.torch_precisions]
+    argv = side_argv(args) + ["--profile-steps", str(args.profile_steps)]
     run_and_write(__file__, argv, args, "unet_profile", _markdown)
+
 
 if __name__ == "__main__":
     main()

@@ -151,8 +151,9 @@ def diffusers_unet():
 
 
 def torch_training(precision):
-    """diffusers' UNet2DModel and its AdamW step on the epsilon loss (bf16
-    autocast when `precision` is "bfloat16")."""
+    """diffusers' UNet2DModel, its AdamW step on the epsilon loss, the DDIM
+    scheduler and the autocast context (bf16 when `precision` is
+    "bfloat16")."""
     import torch
     from diffusers import DDIMScheduler
 
@@ -174,20 +175,17 @@ def torch_training(precision):
         opt.step()
         return loss
 
-    return model, train_step
+    return model, train_step, scheduler, autocast
 
 
 def run_torch(args):
     import torch
-    from diffusers import DDIMScheduler
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for precision in args.torch_precisions:
-        model, train_step = torch_training(precision)
+        model, train_step, scheduler, autocast = torch_training(precision)
         params = sum(p.numel() for p in model.parameters())
-        scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
         model.train()
         for _ in range(args.warmup):
             train_step()
@@ -306,29 +304,43 @@ def _markdown(results, meta):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def side_parser(steps):
+    """The options both sides of a CPU comparison script take; `--side`
+    runs one side (the driver runs each in a subprocess)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", choices=["keras", "torch"], default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--sample-runs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--policies", nargs="+", default=["float32", "mixed_bfloat16"])
     parser.add_argument("--torch-precisions", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    return parser
+
+
+def side_argv(args, steps=None):
+    """`side_parser`'s options, for the subprocesses."""
+    return [
+        "--threads", str(args.threads), "--warmup", str(args.warmup),
+        "--steps", str(args.steps if steps is None else steps),
+        "--policies", *args.policies, "--torch-precisions", *args.torch_precisions,
+    ]
+
+
+def main():
+    parser = side_parser(steps=5)
+    parser.add_argument("--sample-runs", type=int, default=1)
     parser.add_argument("--jit", nargs="+", type=lambda s: s.lower() in ("1", "true", "on"), default=[False, True])
     parser.add_argument("--sample-jit", nargs="+", type=lambda s: s.lower() in ("1", "true", "on"), default=[False],
                         help="jit_compile settings for which sampling is measured")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     if args.side == "keras":
         return run_keras(args)
     if args.side == "torch":
         return run_torch(args)
-    argv = [
-        "--threads", str(args.threads), "--warmup", str(args.warmup),
-        "--steps", str(3 if args.quick else args.steps), "--sample-runs", str(args.sample_runs),
-        "--policies", *args.policies, "--torch-precisions", *args.torch_precisions,
+    argv = side_argv(args, steps=3 if args.quick else None) + [
+        "--sample-runs", str(args.sample_runs),
         "--jit", *[str(j) for j in args.jit], "--sample-jit", *[str(j) for j in args.sample_jit],
     ]
     run_and_write(__file__, argv, args, "unet_throughput", _markdown)
