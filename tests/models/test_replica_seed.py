@@ -37,7 +37,7 @@ _SCRIPT = textwrap.dedent(
 class ReplicaSeedTest(TestCase):
     def test_replicas_draw_different_noise(self):
         self.skip_unless_tensorflow()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="2")
         out = subprocess.run(
             [sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,

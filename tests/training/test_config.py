@@ -9,7 +9,7 @@ import sys
 from keras_diffusion.testing import TestCase
 from training.lib import config as config_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = ("base", "mnist", "toy2d", "cifar10_ddpm", "latent_dit_flow", "sd_lora")
 
 

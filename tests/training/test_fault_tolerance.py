@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras_diffusion.testing import TestCase
 from training.lib.checkpoint import Checkpointer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOTAL_STEPS = 60
 TOY_ARGS = [
     "--config=training/configs/toy2d.py",
