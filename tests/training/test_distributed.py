@@ -10,10 +10,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from test_training_fault_tolerance import ROOT
-from test_training_fault_tolerance import _env
-from test_training_fault_tolerance import train_cmd
-from test_training_loop import read_events
+from tests.training.test_fault_tolerance import ROOT
+from tests.training.test_fault_tolerance import _env
+from tests.training.test_fault_tolerance import train_cmd
+from tests.training.test_loop import read_events
 
 ARGS = [
     "--config=training/configs/toy2d.py",
