@@ -4,7 +4,7 @@ import setuptools
 
 setuptools.setup(
     name="keras_diffusion",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "Train, sample, evaluate and serve diffusion and flow-matching "
         "models with TensorFlow and Keras 3."

@@ -1,9 +1,18 @@
-"""Classifier-free guidance as a model-function wrapper."""
+"""Model-function wrappers: classifier-free guidance and known-region replacement.
+
+Each takes a model function and returns another one, `model_fn(x_t, t)`,
+that any sampler accepts.
+"""
 
 import numbers
 
 import keras
 from keras import ops
+
+from keras_diffusion import random as random_lib
+from keras_diffusion import schedules as schedules_lib
+
+RENOISE_MODES = ("fresh", "fixed")
 
 
 def classifier_free_guidance(model_fn, condition, null_condition, guidance_scale):
@@ -62,3 +71,57 @@ def classifier_free_guidance(model_fn, condition, null_condition, guidance_scale
         return uncond + scale * (cond - uncond)
 
     return guided
+
+
+def check_renoise(renoise):
+    """Raises a ValueError unless `renoise` is "fresh" or "fixed"."""
+    if renoise not in RENOISE_MODES:
+        raise ValueError(
+            f"`renoise` must be one of {list(RENOISE_MODES)}, received renoise={renoise!r}"
+        )
+    return renoise
+
+
+def replace_known(model_fn, images, mask, schedule, noise, renoise="fresh", seed=0):
+    """Wraps `model_fn` so that the known region of x_t is the noised image.
+
+    `wrapped(x_t, t) = model_fn(mask * x_t + (1 - mask) * add_noise(images,
+    eps_t, t), t)`, with eps_t = `noise` (`renoise="fixed"`) or fresh noise
+    for each evaluation time (`"fresh"`: `step_noise(shape, seed,
+    RENOISE_OFFSET + round(t * 1e6))`, so still reproducible). Fresh noise is
+    independent of the sampler's state, as the forward process makes the
+    known pixels' noise; see `keras_diffusion.pipelines.image_to_image`.
+
+    Args:
+        model_fn: `model_fn(x_t, t) -> prediction`.
+        images: the known images (or latents) `(B, ...)`.
+        mask: 1 where the sampler generates, 0 where `images` is known.
+        schedule: the schedule (or its name).
+        noise: eps of the shape of `images` (used by "fixed").
+        renoise: "fresh" or "fixed".
+        seed: the int seed of the fresh noise.
+
+    Returns:
+        `wrapped(x_t, t)`.
+
+    References:
+        Song et al., Score-Based Generative Modeling through Stochastic
+        Differential Equations, 2021 (appendix I.2).
+        Lugmayr et al., RePaint, 2022.
+    """
+    renoise = check_renoise(renoise)
+    schedule = schedules_lib.get(schedule)
+
+    def known_at(t):
+        if renoise == "fixed":
+            eps = noise
+        else:
+            step = ops.cast(ops.round(t[0] * 1e6), "int32") + random_lib.RENOISE_OFFSET
+            eps = random_lib.step_noise(ops.shape(images), seed, step)
+        return schedule.add_noise(images, eps, t)
+
+    def wrapped(x_t, t):
+        x_t = mask * x_t + (1.0 - mask) * ops.cast(known_at(t), x_t.dtype)
+        return model_fn(x_t, t)
+
+    return wrapped

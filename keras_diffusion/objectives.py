@@ -187,7 +187,7 @@ def sample_time(distribution, batch_size, schedule, seed=None, loc=0.0, scale=1.
             (Esser et al., 2024); or "low_discrepancy", one uniform offset
             shifted by i / batch_size per example, which lowers the variance of
             the loss estimate (Kingma et al., 2021, appendix I.1).
-        batch_size: number of times to draw.
+        batch_size: number of times to draw (an int or a scalar tensor).
         schedule: the schedule; its `t_min` bounds the times from below.
         seed: a seed for `keras.random`.
         loc, scale: logit-normal parameters.
@@ -206,8 +206,9 @@ def sample_time(distribution, batch_size, schedule, seed=None, loc=0.0, scale=1.
         u = ops.sigmoid(loc + scale * random.normal((batch_size,), seed=seed))
     else:
         offset = random.uniform((), seed=seed)
-        steps = ops.cast(ops.arange(batch_size), "float32") / batch_size
-        u = ops.mod(offset + steps, 1.0)
+        # `batch_size` may be a tensor (a dynamic batch in a graph).
+        steps = ops.cast(ops.arange(batch_size), "float32")
+        u = ops.mod(offset + steps / ops.cast(batch_size, "float32"), 1.0)
     return schedule.t_min + (1.0 - schedule.t_min) * u
 
 
@@ -228,3 +229,60 @@ def time_density(distribution, t, schedule, loc=0.0, scale=1.0):
     z = (ops.log(u) - ops.log1p(-u) - loc) / scale
     normal = ops.exp(-0.5 * ops.square(z)) / (scale * (2 * math.pi) ** 0.5)
     return ops.where(inside, normal / (u * (1.0 - u)) / width, 0.0)
+
+
+def diffusion_loss(
+    predict,
+    x0,
+    noise,
+    t,
+    *,
+    schedule,
+    prediction,
+    weighting="none",
+    time_distribution="uniform",
+    gamma=5.0,
+    loc=0.0,
+    scale=1.0,
+):
+    """The per-example training loss of a diffusion model, shape `[batch]`.
+
+    x_t = alpha(t) x0 + sigma(t) eps is formed, `predict(x_t, t)` is
+    regressed on the `prediction` target with the squared error averaged
+    over the non-batch axes, and weighted by `loss_weight(weighting, ...)`.
+    For `weighting="elbo"` the weight is divided by the density of the time
+    distribution the times were drawn from, so the expected loss is the
+    continuous-time diffusion ELBO term per dimension in nats (Kingma et al.,
+    2021, eq. 17) whatever the distribution.
+
+    Args:
+        predict: `predict(x_t, t) -> output` (the denoiser with its condition).
+        x0: clean data `(B, ...)`, float32.
+        noise: eps, shaped like `x0`.
+        t: times `(B,)`.
+        schedule: a `Schedule`.
+        prediction: the denoiser's prediction type.
+        weighting: "none", "min_snr" or "elbo".
+        time_distribution: the distribution `t` was drawn from (for "elbo").
+        gamma: the min-SNR clip.
+        loc, scale: logit-normal parameters of the time distribution.
+
+    Returns:
+        The weighted squared errors, float32 `(B,)`.
+
+    Example:
+    >>> losses = diffusion_loss(lambda x, t: net({"x_t": x, "t": t}), x0, eps, t,
+    ...                         schedule=CosineSchedule(), prediction="v")
+    """
+    x_t = schedule.add_noise(x0, noise, t)
+    target = from_x0_epsilon(prediction, x0, noise, t, schedule)
+    output = ops.cast(predict(x_t, t), "float32")
+    error = ops.square(output - target)
+    error = ops.mean(ops.reshape(error, (ops.shape(error)[0], -1)), axis=1)
+    weight = loss_weight(weighting, prediction, t, schedule, gamma=gamma)
+    if weighting == "elbo":
+        # Clip t off the ends, where the logit-normal density is 0 in
+        # float32 and the weight would be inf.
+        inner = ops.clip(t, schedule.t_min + 1e-5, 1.0 - 1e-5)
+        weight = weight / time_density(time_distribution, inner, schedule, loc=loc, scale=scale)
+    return weight * error

@@ -18,8 +18,8 @@ from keras import ops
 
 from keras_diffusion import samplers as samplers_lib
 from keras_diffusion.layers import fusion
-from keras_diffusion.models.diffusion_model import initial_noise
-from keras_diffusion.models.diffusion_model import sampler_seed
+from keras_diffusion.random import initial_noise
+from keras_diffusion.random import sampler_seed
 
 SIGNATURES = ("serving_default", "generate", "generate_from_noise", "denoise")
 METADATA_FILE = os.path.join("assets.extra", "keras_diffusion_export.json")
@@ -66,7 +66,7 @@ def export_saved_model(
     `generate` draws its noise as `initial_noise((B, ...), seed)` and seeds
     the sampler with `sampler_seed(seed)` (seeds in [0, 2**31)), so that it
     gives the same images as `model.generate(B, seed=seed, ...)` for the same
-    inputs (both use the functions of `keras_diffusion.models.diffusion_model`);
+    inputs (both use the functions of `keras_diffusion.random`);
     so does `generate_from_noise` given `generate`'s noise. Invalid inputs
     at serving time (num_steps <= 0, guidance_scale < 0, labels out of
     range, ...) make the request fail with an `InvalidArgumentError` that
@@ -134,7 +134,7 @@ def export_saved_model(
         sampler = samplers_lib.get(sampler)
     spacing = spacing or "uniform"
     # Resolves the spacing eagerly, so that a bad name fails here, not in the graph.
-    sampler.timesteps(spec.diffusion.schedule, 1, None, spacing)
+    sampler.timesteps(spec.schedule, 1, None, spacing)
 
     if jit_compile and spec.text:
         raise ValueError(
@@ -151,8 +151,10 @@ def export_saved_model(
             if not fused_layers:
                 # TF Serving runs no XLA on CPU unless started with a flag.
                 stack.enter_context(fusion.disabled())
-            if use_ema and hasattr(spec.diffusion, "ema_weights"):
-                stack.enter_context(spec.diffusion.ema_weights())
+            if use_ema:
+                # The EMA weights are written as the variables' values; the
+                # model's lock keeps concurrent generate() calls off the swap.
+                stack.enter_context(spec.ema_weights())
             for layer in spec.tracked_layers():
                 archive.track(layer)
             for name, fn, signature in builder.endpoints():
@@ -179,63 +181,47 @@ def export(model, path, **kwargs):
 # What a model is made of
 # ----------------------------------------------------------------------
 class _ModelSpec:
-    """The parts of a (latent) diffusion model that export needs."""
+    """What export needs of a model: `model.export_spec()`, a protocol.
+
+    The export never imports the model classes: any object with an
+    `export_spec()` returning these entries works.
+    """
 
     def __init__(self, model):
-        # A latent model either is a DiffusionModel with a `vae`, or wraps one.
-        diffusion = model
-        for attr in ("diffusion_model", "diffusion"):
-            inner = getattr(model, attr, None)
-            if inner is not None and hasattr(inner, "model_fn"):
-                diffusion = inner
-                break
-        if not hasattr(diffusion, "model_fn") or not hasattr(diffusion, "schedule"):
+        if not hasattr(model, "export_spec"):
             raise ValueError(
-                "export needs a keras_diffusion DiffusionModel (or a latent model "
-                f"wrapping one), received {type(model).__name__}"
+                "export needs a keras_diffusion model (an object with export_spec(), "
+                f"such as DiffusionModel), received {type(model).__name__}"
             )
-        if getattr(diffusion, "image_shape", None) is None or diffusion.denoiser is None:
-            raise ValueError(
-                "The model is not built: train it with fit() or pass `image_shape=` "
-                "and build it before exporting."
-            )
-        if not diffusion.built:
-            diffusion.build(None)
+        parts = model.export_spec()
         self.model = model
-        self.diffusion = diffusion
-        self.vae = getattr(model, "vae", None) or getattr(diffusion, "vae", None)
-        self.sample_shape = tuple(int(d) for d in diffusion.image_shape)
-        self.num_classes = diffusion.num_classes
-        self.text = diffusion.text_encoder is not None
-        self.context_shape = None if self.text else diffusion.context_shape
-        self.condition_shape = diffusion.condition_shape
-        self.is_latent = self.vae is not None
-        if self.is_latent:
-            f = int(self.vae.downsampling_factor)
-            h, w = self.sample_shape[:2]
-            self.output_shape = (h * f, w * f, int(self.vae.input_channels))
-        else:
-            self.output_shape = self.sample_shape
+        self.runner = parts["runner"]
+        self.schedule = parts["schedule"]
+        self.prediction = parts["prediction"]
+        self.sample_shape = tuple(parts["sample_shape"])
+        self.output_shape = tuple(parts["data_shape"])
+        self.is_latent = bool(parts["is_latent"])
         self.is_image = len(self.output_shape) == 3
+        conditions = parts["conditions"]
+        self.conditional = conditions.is_conditional
+        self.num_classes = conditions.num_classes
+        self.encode_text = parts["encode_text"]
+        self.text = self.encode_text is not None
+        self.context_shape = None if self.text else conditions.context_shape
+        self.condition_shape = conditions.condition_shape
+        self.null_condition = parts["null_condition"]
+        self.denoise = parts["denoise"]
+        self.layers = parts["layers"]
+        self.ema_weights = parts["ema_weights"]
 
     def tracked_layers(self):
         """The networks whose variables and lookup tables the export holds.
 
-        The parts, not the DiffusionModel itself: Keras' SavedModel walk traces
-        every Model's `_default_save_signature`, which fails for a model built
-        with `build(None)` (its recorded input shape is None).
+        The parts, not the model itself: Keras' SavedModel walk traces every
+        Model's `_default_save_signature`, which fails for a model built with
+        `build(None)` (its recorded input shape is None).
         """
-        layers = [self.diffusion.denoiser]
-        if self.diffusion.text_encoder is not None:
-            layers.append(self.diffusion.text_encoder)
-        if self.vae is not None:
-            layers.append(self.vae)
-        return layers
-
-    def decode(self, x):
-        if not self.is_latent:
-            return x
-        return ops.cast(self.vae.decode_latents(x), "float32")
+        return list(self.layers)
 
 
 class _Endpoints:
@@ -329,8 +315,8 @@ class _Endpoints:
             },
             "sampler": {"class": type(self.sampler).__name__, **self.sampler.get_config()},
             "spacing": self.spacing,
-            "prediction": spec.diffusion.prediction,
-            "schedule": type(spec.diffusion.schedule).__name__,
+            "prediction": spec.prediction,
+            "schedule": type(spec.schedule).__name__,
             "sample_shape": list(spec.sample_shape),
             "output_shape": list(spec.output_shape),
             "num_classes": spec.num_classes,
@@ -422,12 +408,11 @@ class _Endpoints:
         """The model_fn's labels / context / condition for a batch."""
         import tensorflow as tf
 
-        diffusion = self.spec.diffusion
         out = {}
         if "labels" in inputs:
             out["labels"] = tf.broadcast_to(tf.cast(inputs["labels"], tf.int32), [batch])
         if "text" in inputs:
-            context = diffusion.encode_text(inputs["text"])
+            context = self.spec.encode_text(inputs["text"])
             shape = tf.concat([[batch], tf.shape(context)[1:]], axis=0)
             out["context"] = tf.broadcast_to(context, shape)
         if "context" in inputs:
@@ -459,35 +444,27 @@ class _Endpoints:
         return self._jit(self._sample)(noise, seed, guidance_scale, num_steps, cond)
 
     def _sample(self, noise, seed, guidance_scale, num_steps, cond):
-        """Noise -> images: the sampler loop, guidance and the VAE decode."""
+        """Noise -> images: the runner's sampler loop, guidance and decode."""
         import tensorflow as tf
 
         spec = self.spec
-        diffusion = spec.diffusion
 
-        def run(model_fn):
-            return self.sampler.sample(
-                model_fn,
-                noise,
-                schedule=diffusion.schedule,
-                prediction=diffusion.prediction,
-                num_steps=num_steps,
-                spacing=self.spacing,
-                seed=sampler_seed(seed),
+        def run(scale):
+            return spec.runner.sample(
+                noise, cond, sampler=self.sampler, seed=sampler_seed(seed),
+                guidance_scale=scale, num_steps=num_steps, spacing=self.spacing,
             )
 
-        plain = diffusion.model_fn(guidance_scale=1.0, **cond)
-        if diffusion.is_conditional:
-            guided = diffusion.model_fn(guidance_scale=guidance_scale, **cond)
+        if spec.conditional:
             # Without guidance one network call per step, with it two (batched).
             # The branch is taken once, around the loop: a conditional inside
             # the loop body would keep Grappler from optimizing the loop.
-            x = tf.cond(
-                tf.equal(guidance_scale, 1.0), lambda: run(plain), lambda: run(guided)
+            images = tf.cond(
+                tf.equal(guidance_scale, 1.0), lambda: run(1.0), lambda: run(guidance_scale)
             )
         else:
-            x = run(plain)
-        images = spec.decode(tf.cast(x, tf.float32))
+            images = run(1.0)
+        images = tf.cast(images, tf.float32)
         if self.clip:
             images = tf.clip_by_value(images, -1.0, 1.0)
         outputs = {"images_float": images}
@@ -508,16 +485,15 @@ class _Endpoints:
     def _denoise(self, inputs):
         import tensorflow as tf
 
-        diffusion = self.spec.diffusion
         x_t = inputs["x_t"]
         batch = tf.shape(x_t, out_type=tf.int32)[0]
         inputs = self._checked(inputs, batch)
         x_t = inputs["x_t"]
-        given = self._conditions(inputs, batch)
-        cond = diffusion._null_condition(batch)
-        cond.update(given)
+        cond = self.spec.null_condition(batch)
+        cond.update(self._conditions(inputs, batch))
+
         def predict(x_t, t, cond):
-            prediction = diffusion.denoiser({"x_t": x_t, "t": t, **cond}, training=False)
+            prediction = self.spec.denoise({"x_t": x_t, "t": t, **cond})
             return {"prediction": tf.cast(prediction, tf.float32)}
 
         return self._jit(predict)(x_t, inputs["t"], cond)

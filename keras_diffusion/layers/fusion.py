@@ -59,6 +59,12 @@ def fused(fn):
     def wrapper(*args, **kwargs):
         if not enabled():
             return fn(*args, **kwargs)
+        # Tensors, never variables: the compiled functions are shared by the
+        # whole process, and one traced with a variable argument keeps a
+        # reference to it (a later model of the same shapes would then call
+        # a function holding a deleted model's variables).
+        args = tuple(_as_tensor(tf, a) for a in args)
+        kwargs = {k: _as_tensor(tf, v) for k, v in kwargs.items()}
         key = (
             tuple(_key(a) for a in args),
             tuple((k, _key(v)) for k, v in sorted(kwargs.items())),
@@ -68,6 +74,12 @@ def fused(fn):
         return compiled[key](*args, **kwargs)
 
     return wrapper
+
+
+def _as_tensor(tf, value):
+    if isinstance(value, (tf.Variable, keras.Variable)):
+        return tf.convert_to_tensor(value)
+    return value
 
 
 def _key(value):

@@ -1,8 +1,13 @@
-"""keras_diffusion.models."""
-from keras_diffusion.models.unet import UNet
-from keras_diffusion.models.dit import DiT
-from keras_diffusion.models.mlp_denoiser import MLPDenoiser
+"""keras_diffusion.models: the denoisers, the VAE, the text conditioner and
+the model classes that train and sample them."""
+
+from keras_diffusion.models.codecs import PixelCodec
+from keras_diffusion.models.codecs import VAECodec
+from keras_diffusion.models.denoiser import Denoiser
 from keras_diffusion.models.diffusion_model import DiffusionModel
-from keras_diffusion.models.vae import VAE
-from keras_diffusion.models.text_conditioner import TextConditioner
+from keras_diffusion.models.dit import DiT
 from keras_diffusion.models.latent_diffusion_model import LatentDiffusionModel
+from keras_diffusion.models.mlp_denoiser import MLPDenoiser
+from keras_diffusion.models.text_conditioner import TextConditioner
+from keras_diffusion.models.unet import UNet
+from keras_diffusion.models.vae import VAE

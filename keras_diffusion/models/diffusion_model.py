@@ -1,10 +1,8 @@
-"""DiffusionModel: train a denoiser with `model.fit`, sample with any sampler.
-
-`train_step` and `test_step` are TensorFlow-only (tf.GradientTape); the
-denoiser, schedule, objectives and samplers are backend-agnostic.
-"""
+"""DiffusionModel: train a denoiser with `model.fit`, sample with any sampler."""
 
 import contextlib
+import itertools
+import threading
 import warnings
 
 import keras
@@ -12,56 +10,22 @@ import numpy as np
 from keras import ops
 
 from keras_diffusion import objectives
+from keras_diffusion import random as random_lib
 from keras_diffusion import samplers as samplers_lib
 from keras_diffusion import schedules as schedules_lib
-from keras_diffusion.guidance import classifier_free_guidance
-from keras_diffusion.samplers.sampler import step_noise
-from keras_diffusion.utils.images import to_float
+from keras_diffusion.conditioning import ConditionSpec
+from keras_diffusion.conditioning import parse_batch
+from keras_diffusion.models import train_steps
+from keras_diffusion.models.codecs import PixelCodec
+from keras_diffusion.pipelines import image_to_image
+from keras_diffusion.pipelines.generation_runner import GenerationRunner
+from keras_diffusion.utils.asserts import runtime_check
+from keras_diffusion.utils.tensorflow_ops import ReplicaSeed
+from keras_diffusion.utils.tensorflow_ops import has_accelerator
+from keras_diffusion.utils.tensorflow_ops import string_tensor
 
 NAN_POLICIES = ("raise", "skip")
-_DATA_KEYS = ("images", "labels", "text", "context", "condition")
-# The stateless seed of `test_step`'s noise: the same noise every epoch.
-_EVAL_SEED = 20240531
-
-
-# `generate(seed=...)`: the initial noise is `step_noise(shape, seed,
-# INITIAL_NOISE_STEP)` (the samplers' own steps use 0 .. num_steps - 1 with
-# another seed), and the sampler of chunk i gets `sampler_seed(seed, i)`. The
-# exported SavedModel draws both the same way.
-INITIAL_NOISE_STEP = 2**31 - 1
-_SEED_MULTIPLIER = 1000003
-_SEED_MODULUS = 2**31 - 1
-
-
-def initial_noise(shape, seed):
-    """The initial noise of `generate` for an int seed: `N(0, I)` of `shape`."""
-    return step_noise(shape, seed, INITIAL_NOISE_STEP)
-
-
-def sampler_seed(seed, chunk=0):
-    """The seed of the sampler in `generate`'s batch `chunk` for a seed.
-
-    `(seed * 1000003 + chunk) % (2**31 - 1)`: exact Python integers for an int
-    seed, int64 ops for a tensor (the exported graph).
-    """
-    if isinstance(seed, (int, np.integer)):
-        return np.int64((int(seed) * _SEED_MULTIPLIER + chunk) % _SEED_MODULUS)
-    seed = ops.cast(seed, "int64")
-    return ops.mod(seed * _SEED_MULTIPLIER + chunk, _SEED_MODULUS)
-
-
-def _has_accelerator():
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
-
-
-def _num_replicas():
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy().num_replicas_in_sync
+DEFAULT_PREDICTION = "epsilon"
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -76,42 +40,40 @@ class DiffusionModel(keras.Model):
     images = model.generate(16, seed=0)        # float32 in [-1, 1]
     ```
 
-    **Data.** A dataset (or arrays) yields `images`, `(images, labels)`, or a
-    dict `{"images": ..., "labels" | "text" | "context" | "condition": ...}`.
-    Images are channels-last and should be floats in [-1, 1]; integer images
-    (e.g. uint8 in [0, 255]) are rescaled with `x / 127.5 - 1` automatically;
-    float images are used as given, and if the first batch `fit` sees leaves
-    [-1.05, 1.05] a warning is logged once (for image data `(B, H, W, C)`;
-    low-dimensional data is not range-checked). Low-dimensional data `(B, D)`
-    works the same way (with e.g. `MLPDenoiser`). `labels` are ints in
-    [0, num_classes); `text` is a batch of strings that `text_encoder` maps to
-    a context `(B, L, D)`; `context` is such a context precomputed;
-    `condition` an image condition `(B, H, W, C)` (concatenated by the UNet).
+    **Data.** A `tf.data.Dataset`, arrays, a Python generator or a
+    `keras.utils.PyDataset` yields `images`, `(images, labels)`, or a dict
+    `{"images": ..., "labels" | "text" | "context" | "condition": ...}`
+    (`keras_diffusion.conditioning`). Images are channels-last and should be
+    floats in [-1, 1]; integer images (e.g. uint8 in [0, 255]) are rescaled
+    with `x / 127.5 - 1` automatically; float images are used as given, and
+    if the first batch `fit` sees is outside [-1.05, 1.05], or inside [0, 1],
+    a warning is logged once (for image data `(B, H, W, C)`). Low-dimensional
+    data `(B, D)` works the same way (the default denoiser is then an
+    `MLPDenoiser`). `labels` are ints in [0, num_classes); `text` is a batch
+    of strings that `text_encoder` maps to a context `(B, L, D)`; `context`
+    is such a context precomputed; `condition` an image condition
+    `(B, H, W, C)` (concatenated by the UNet). An empty dataset is an error.
 
     **NaN / Inf.** `nan_policy="raise"` (default) stops training with an
-    `InvalidArgumentError` whose message names the images when a batch
-    contains NaN or Inf. `nan_policy="skip"` drops such examples from the loss
-    (they are zeroed before the network sees them, so no NaN reaches the
-    gradients) and counts them in the `nonfinite_examples` metric. The model
-    is never trained on NaN.
+    error whose message names the images when a batch contains NaN or Inf.
+    `nan_policy="skip"` drops such examples from the loss (they are zeroed
+    before the network sees them, so no NaN reaches the gradients) and
+    counts them in the `nonfinite_examples` metric; a batch with no finite
+    example at all warns. The model is never trained on NaN.
 
     **Training.** Each step draws `t` from `time_distribution`, noise
-    `eps ~ N(0, I)`, forms `x_t = alpha(t) x0 + sigma(t) eps` and regresses
-    the denoiser on the `prediction` target (`objectives.from_x0_epsilon`)
-    with the squared error averaged over the non-batch axes and weighted by
-    `objectives.loss_weight(weighting, ...)`; for `weighting="elbo"` the
-    weight is divided by the density of the time distribution, so the loss
-    is the continuous-time diffusion ELBO term per dimension in nats
-    (Kingma et al., 2021) whatever the distribution. Class labels / contexts
-    are replaced by the null label / the empty-prompt context with
-    probability `condition_dropout` (classifier-free guidance training).
-    Optimizer features come from Keras: EMA with `use_ema=True` (used by
-    `generate`), `gradient_accumulation_steps`, `clipnorm`, mixed precision
-    (`mixed_float16` loss scaling through `optimizer.scale_loss`), and
-    `jit_compile` from `compile()` (default: XLA on GPU/TPU only; on CPU
-    oneDNN is faster for convolutions). Under a `tf.distribute` strategy the
-    loss is divided by the number of replicas, so the summed gradients are
-    those of the global-batch mean.
+    `eps ~ N(0, I)`, and minimizes `objectives.diffusion_loss`: the squared
+    error of the `prediction` target averaged over the non-batch axes and
+    weighted by `weighting` (for "elbo", the continuous-time ELBO term per
+    dimension in nats whatever the time distribution). Class labels /
+    contexts are replaced by the null condition with probability
+    `condition_dropout` (classifier-free guidance training). `fit` works on
+    the TensorFlow backend (tf.distribute, XLA on GPU/TPU) and on JAX (a
+    stateless JAX step sharing the same loss). Optimizer features come from
+    Keras: EMA with `use_ema=True` (used by `generate` and `export`),
+    `gradient_accumulation_steps`, `clipnorm`, mixed precision
+    (`optimizer.scale_loss`), and `jit_compile` from `compile()` (default:
+    XLA on GPU/TPU only; on CPU oneDNN is faster for convolutions).
 
     **Metrics.** `loss` and `loss_q1` ... `loss_q4`: the loss of the examples
     whose t falls in each quartile of [0, 1] (q1: t < 0.25, the least noisy),
@@ -119,10 +81,17 @@ class DiffusionModel(keras.Model):
     grid of `num_eval_times` times and fixed noise, so validation losses are
     comparable across epochs.
 
+    **Sampling.** `generate`, `img2img` and `inpaint` run through one
+    `pipelines.GenerationRunner` (compiled once per signature) with the
+    optimizer's EMA weights passed as values: the model is never mutated, and
+    concurrent calls are safe. `export` writes one SavedModel for TF Serving.
+
     Args:
         denoiser: a denoiser model (`UNet`, `DiT`, `MLPDenoiser`, ...)
-            following the dict contract; `None` builds a UNet sized from the
-            first batch's shape.
+            following the dict contract; `None` builds one sized from the
+            first batch: a UNet for images, an MLPDenoiser for vectors, with
+            the classes, context (of `text_encoder`) and condition the model
+            has.
         schedule: a schedule or its name (default "cosine").
         prediction: "epsilon", "x0", "v" or "flow".
         weighting: loss weighting: "none", "min_snr" or "elbo".
@@ -136,12 +105,12 @@ class DiffusionModel(keras.Model):
         text_encoder: optional layer mapping a batch of strings `(B,)` to a
             context `(B, L, D)` (e.g. `TextConditioner`); the empty string's
             context is the null condition.
-        image_shape: the data shape without batch, inferred from the first
-            batch when `None`.
+        image_shape: the shape the denoiser works on without batch (the data
+            shape for pixel models), inferred from the first batch when `None`.
         condition_shape: shape of the image condition without batch
             (inferred from data when `None`).
         context_shape: shape `(L, D)` of a precomputed context (inferred
-            from data when `None`).
+            from data or the text encoder when `None`).
         min_snr_gamma: the gamma of the "min_snr" weighting.
         logit_normal_loc, logit_normal_scale: parameters of the
             "logit_normal" time distribution.
@@ -169,7 +138,7 @@ class DiffusionModel(keras.Model):
         self,
         denoiser=None,
         schedule="cosine",
-        prediction="epsilon",
+        prediction=DEFAULT_PREDICTION,
         weighting="none",
         time_distribution="uniform",
         num_classes=None,
@@ -189,20 +158,15 @@ class DiffusionModel(keras.Model):
         super().__init__(**kwargs)
         self.schedule = schedules_lib.get(schedule)
         self.prediction = objectives.validate_prediction(prediction)
-        if weighting not in objectives.WEIGHTINGS:
-            raise ValueError(
-                f"Unknown `weighting`: {weighting!r}. Valid names: "
-                f"{list(objectives.WEIGHTINGS)}"
-            )
-        if time_distribution not in objectives.TIME_DISTRIBUTIONS:
-            raise ValueError(
-                f"Unknown `time_distribution`: {time_distribution!r}. Valid names: "
-                f"{list(objectives.TIME_DISTRIBUTIONS)}"
-            )
-        if nan_policy not in NAN_POLICIES:
-            raise ValueError(
-                f"Unknown `nan_policy`: {nan_policy!r}. Valid names: {list(NAN_POLICIES)}"
-            )
+        for name, value, valid in (
+            ("weighting", weighting, objectives.WEIGHTINGS),
+            ("time_distribution", time_distribution, objectives.TIME_DISTRIBUTIONS),
+            ("nan_policy", nan_policy, NAN_POLICIES),
+        ):
+            if value not in valid:
+                raise ValueError(
+                    f"Unknown `{name}`: {value!r}. Valid names: {list(valid)}"
+                )
         if not 0.0 <= float(condition_dropout) <= 1.0:
             raise ValueError(
                 "`condition_dropout` must be in [0, 1], received "
@@ -234,19 +198,16 @@ class DiffusionModel(keras.Model):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.condition_dropout = float(condition_dropout)
         self.text_encoder = text_encoder
-        self.image_shape = None if image_shape is None else tuple(int(d) for d in image_shape)
-        self.condition_shape = (
-            None if condition_shape is None else tuple(int(d) for d in condition_shape)
-        )
-        self.context_shape = (
-            None if context_shape is None else tuple(int(d) for d in context_shape)
-        )
+        self.image_shape = _tuple(image_shape)
+        self.condition_shape = _tuple(condition_shape)
+        self.context_shape = _tuple(context_shape)
         self.min_snr_gamma = float(min_snr_gamma)
         self.logit_normal_loc = float(logit_normal_loc)
         self.logit_normal_scale = float(logit_normal_scale)
         self.nan_policy = nan_policy
         self.num_eval_times = int(num_eval_times)
         self.seed = seed
+        self.codec = PixelCodec()
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bucket_trackers = [
@@ -254,7 +215,8 @@ class DiffusionModel(keras.Model):
         ]
         self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_examples")
         self._range_warned = False
-        self._generate_fns = {}
+        self._runner = None
+        self._weights_lock = threading.RLock()
 
     # ------------------------------------------------------------------
     # Properties
@@ -265,13 +227,15 @@ class DiffusionModel(keras.Model):
         return self.num_classes
 
     @property
-    def is_conditional(self):
-        return (
-            self.num_classes is not None
-            or self.text_encoder is not None
-            or self.context_shape is not None
-            or self.condition_shape is not None
+    def conditions(self):
+        """The model's `conditioning.ConditionSpec`."""
+        return ConditionSpec(
+            self.num_classes, self.text_encoder, self.context_shape, self.condition_shape
         )
+
+    @property
+    def is_conditional(self):
+        return self.conditions.is_conditional
 
     @property
     def metrics(self):
@@ -283,15 +247,25 @@ class DiffusionModel(keras.Model):
     # ------------------------------------------------------------------
     # Building
     # ------------------------------------------------------------------
-    def _default_denoiser(self, image_shape):
-        if len(image_shape) != 3:
+    def _default_denoiser(self, shape):
+        context_dim = None if self.context_shape is None else self.context_shape[-1]
+        if len(shape) == 1:
+            from keras_diffusion.models.mlp_denoiser import MLPDenoiser
+
+            if context_dim is not None or self.condition_shape is not None:
+                raise ValueError(
+                    "The default denoiser for vectors (MLPDenoiser) takes no context or "
+                    "image condition; pass your own `denoiser=`."
+                )
+            return MLPDenoiser(data_dim=shape[0], num_classes=self.num_classes, name="mlp")
+        if len(shape) != 3:
             raise ValueError(
-                "The default denoiser is a UNet for images (H, W, C); for data of "
-                f"shape {image_shape} pass `denoiser=` (e.g. MLPDenoiser for (B, D))."
+                "The default denoiser is a UNet for images (H, W, C) or an MLPDenoiser "
+                f"for vectors (D,); for data of shape {shape} pass `denoiser=`."
             )
         from keras_diffusion.models.unet import UNet
 
-        size, channels = min(image_shape[0], image_shape[1]), image_shape[-1]
+        size, channels = min(shape[0], shape[1]), shape[-1]
         attention = None
         if size <= 8:
             # Tiny images (tests, toy data): two levels, attention only in
@@ -306,14 +280,11 @@ class DiffusionModel(keras.Model):
         else:
             base, mults, blocks = 128, (1, 1, 2, 2, 4), 2
         factor = 2 ** (len(mults) - 1)
-        if image_shape[0] % factor or image_shape[1] % factor:
+        if shape[0] % factor or shape[1] % factor:
             raise ValueError(
-                f"The default UNet for images of shape {image_shape} needs height and "
+                f"The default UNet for images of shape {shape} needs height and "
                 f"width divisible by {factor}; pass your own `denoiser=`."
             )
-        context_dim = None
-        if self.context_shape is not None:
-            context_dim = self.context_shape[-1]
         return UNet(
             input_channels=channels,
             base_channels=base,
@@ -328,61 +299,75 @@ class DiffusionModel(keras.Model):
             name="unet",
         )
 
-    @staticmethod
-    def _shape_of(input_shape, key):
-        if isinstance(input_shape, dict):
-            return input_shape.get(key)
-        return None
+    def _set_sample_shape(self, shape):
+        shape = tuple(shape)
+        if any(d is None for d in shape):
+            raise ValueError(
+                f"{type(self).__name__} needs a fully known data shape, received "
+                f"(batch,) + {shape}"
+            )
+        shape = tuple(int(d) for d in shape)
+        if self.image_shape is None:
+            self.image_shape = shape
+        elif shape != self.image_shape:
+            raise ValueError(
+                f"`images` of shape {shape} (without batch) do not match the model's "
+                f"image_shape={self.image_shape}"
+            )
 
-    def build(self, input_shape=None):
-        """Builds the denoiser (creating the default UNet) for a data shape.
-
-        `input_shape` is an image batch shape `(B, ...)`, a dict of shapes
-        with "images" (a data batch) or "x_t" (a denoiser input), or `None`
-        when `image_shape` was given to the constructor.
-        """
-        shape = input_shape
+    def _build_shapes(self, input_shape):
+        """Records the shapes of a data batch (or denoiser input) dict."""
         if isinstance(input_shape, dict):
-            shape = input_shape.get("images", input_shape.get("x_t"))
+            if input_shape.get("x_t") is not None or input_shape.get("latents") is not None:
+                shape = input_shape.get("x_t", input_shape.get("latents"))
+                self._set_sample_shape(shape[1:])
+            elif input_shape.get("images") is not None:
+                self._set_sample_shape(self.codec.sample_shape(input_shape["images"][1:]))
             cond = input_shape.get("condition")
             if cond is not None and self.condition_shape is None:
-                self.condition_shape = tuple(int(d) for d in cond[1:])
+                encoded = "x_t" in input_shape or "latents" in input_shape
+                self.condition_shape = (
+                    tuple(int(d) for d in cond[1:]) if encoded
+                    else self.codec.condition_shape(cond[1:], self.image_shape)
+                )
             ctx = input_shape.get("context")
             if ctx is not None and self.context_shape is None and self.text_encoder is None:
                 self.context_shape = tuple(int(d) for d in ctx[1:])
-        if shape is not None:
-            image_shape = tuple(shape[1:])
-            if any(d is None for d in image_shape):
-                raise ValueError(
-                    f"DiffusionModel needs a fully known data shape, received {tuple(shape)}"
-                )
-            image_shape = tuple(int(d) for d in image_shape)
-            if self.image_shape is None:
-                self.image_shape = image_shape
-            elif image_shape != self.image_shape:
-                raise ValueError(
-                    f"`images` of shape {image_shape} (without batch) do not match the "
-                    f"model's image_shape={self.image_shape}"
-                )
+        elif input_shape is not None:
+            self._set_sample_shape(self.codec.sample_shape(input_shape[1:]))
+
+    def build(self, input_shape=None):
+        """Builds the denoiser (creating the default one) for a data shape.
+
+        `input_shape` is a data batch shape `(B, ...)`, a dict of shapes with
+        "images" / "latents" (a data batch) or "x_t" (a denoiser input), or
+        `None` when `image_shape` was given to the constructor.
+        """
+        self._build_shapes(input_shape)
         if self.image_shape is None:
             raise ValueError(
-                "Cannot build DiffusionModel without a data shape: pass `image_shape=` "
-                "or call fit() on data."
+                f"Cannot build {type(self).__name__} without a data shape: pass "
+                "`image_shape=` or call fit() on data."
             )
+        self._build_codec()
+        if self.text_encoder is not None and self.context_shape is None:
+            # The context's shape first: the default denoiser is sized for it.
+            self.context_shape = tuple(int(d) for d in self._empty_context().shape[1:])
         if self.denoiser is None:
             self.denoiser = self._default_denoiser(self.image_shape)
         # Build the networks with one forward pass on a dummy batch.
-        cond = self._null_condition(1)
-        if self.text_encoder is not None and self.context_shape is None:
-            self.context_shape = tuple(int(d) for d in cond["context"].shape[1:])
         self.denoiser(
             {
                 "x_t": ops.zeros((1,) + self.image_shape, "float32"),
                 "t": ops.full((1,), 0.5, "float32"),
-                **cond,
+                **self._null_condition(1),
             }
         )
         self.built = True
+        self._runner = None
+
+    def _build_codec(self):
+        """Builds the codec's networks (nothing for pixels)."""
 
     def get_build_config(self):
         if self.image_shape is None:
@@ -395,55 +380,86 @@ class DiffusionModel(keras.Model):
                 self.image_shape = tuple(config["image_shape"])
             self.build(None)
 
-    def _maybe_build_from_data(self, x, y=None):
-        """Builds from the first element of fit/evaluate data; warns on range."""
-        batch = None
-        try:
-            if x is None:
-                return
-            if hasattr(x, "take") and hasattr(x, "element_spec"):  # tf.data
-                batch = next(iter(x.take(1)))
-            elif isinstance(x, (np.ndarray, dict, list, tuple)) or hasattr(x, "shape"):
-                batch = x if y is None else (x, y)
-        except Exception:  # Generators, PyDatasets: Keras builds symbolically.
-            return
-        if batch is None:
-            return
-        images, _ = _split_data(batch)
-        images_np = None
+    # ------------------------------------------------------------------
+    # Data: the first batch
+    # ------------------------------------------------------------------
+    def _peek(self, x, y=None):
+        """The first batch of fit/evaluate data and the data to pass on.
+
+        A Python generator is re-chained behind its first batch (nothing is
+        lost); a `PyDataset` is indexed; a `tf.data.Dataset` is read with
+        `take(1)`. An empty source raises a ValueError.
+        """
+        if x is None:
+            return None, x
+        empty = ValueError(
+            f"The data passed to {type(self).__name__}.fit/evaluate yields no batch "
+            "(an empty dataset, generator or array)."
+        )
+        if hasattr(x, "take") and hasattr(x, "element_spec"):  # tf.data
+            for batch in x.take(1):
+                return batch, x
+            raise empty
+        if isinstance(x, keras.utils.PyDataset):
+            if x.num_batches == 0:
+                raise empty
+            return x[0], x
+        if hasattr(x, "__next__"):  # A Python generator or iterator.
+            try:
+                first = next(x)
+            except StopIteration:
+                raise empty from None
+            return first, _chain(first, x)
+        if isinstance(x, (np.ndarray, dict, list, tuple)) or hasattr(x, "shape"):
+            batch = x if y is None else (x, y)
+            images = parse_batch(batch)
+            key = "latents" if "latents" in images else "images"
+            if np.shape(images[key])[0] == 0:
+                raise empty
+            return batch, x
+        return None, x
+
+    def _check_first_batch(self, batch):
+        """Builds from the first batch and warns once on an unusual range."""
+        data = parse_batch(batch)
+        key = "latents" if "latents" in data else "images"
+        images = data[key]
         shape = tuple(images.shape)
         if len(shape) < 2:
-            raise ValueError(
-                f"`images` must have shape (batch, ...), received shape {shape}"
-            )
+            raise ValueError(f"`{key}` must have shape (batch, ...), received shape {shape}")
         if not self.built:
-            build_shape = {"images": shape}
-            if isinstance(batch, dict):
-                for key in ("condition", "context"):
-                    if key in batch:
-                        build_shape[key] = tuple(batch[key].shape)
+            build_shape = {key: shape}
+            for name in ("condition", "context"):
+                if name in data:
+                    build_shape[name] = tuple(data[name].shape)
             # In the strategy scope the model was created in (fit may be
             # called outside it): distributed variables for the denoiser.
             with self._strategy_scope():
                 self.build(build_shape)
-        elif self.image_shape is not None and tuple(shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"`images` of shape {tuple(shape[1:])} (without batch) do not match the "
-                f"model's image_shape={self.image_shape}"
-            )
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if "float" in dtype and len(shape) == 4 and not self._range_warned:
-            images_np = np.asarray(ops.convert_to_numpy(images[:64]))
-            finite = images_np[np.isfinite(images_np)]
-            if finite.size and (finite.min() < -1.05 or finite.max() > 1.05):
-                self._range_warned = True
-                warnings.warn(
-                    "DiffusionModel expects float images in [-1, 1]; the first batch "
-                    f"has values in [{finite.min():.3g}, {finite.max():.3g}]. Rescale "
-                    "them (e.g. x / 127.5 - 1 for [0, 255]) or pass uint8 images, which "
-                    "are rescaled automatically.",
-                    stacklevel=3,
+        elif key == "images":
+            sample = self.codec.sample_shape(shape[1:])
+            if sample != self.image_shape:
+                raise ValueError(
+                    f"`images` of shape {shape[1:]} (without batch) do not match the "
+                    f"model's image_shape={self.image_shape}"
                 )
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if key == "images" and "float" in dtype and len(shape) == 4 and not self._range_warned:
+            values = np.asarray(ops.convert_to_numpy(images[:64]))
+            finite = values[np.isfinite(values)]
+            if finite.size and (finite.min() < -1.05 or finite.max() > 1.05):
+                self._warn_range(finite, "(e.g. x / 127.5 - 1 for [0, 255])")
+            elif finite.size and finite.min() >= 0.0 and 0.0 < finite.max() <= 1.0:
+                self._warn_range(finite, "(x * 2 - 1 for [0, 1])")
+
+    def _warn_range(self, finite, hint):
+        self._range_warned = True
+        warnings.warn(
+            f"{type(self).__name__} expects float images in [-1, 1]; the first batch "
+            f"has values in [{finite.min():.3g}, {finite.max():.3g}]. Rescale them "
+            f"{hint} or pass uint8 images, which are rescaled automatically.",
+            stacklevel=4,
+        )
 
     # ------------------------------------------------------------------
     # Compile / fit
@@ -458,28 +474,29 @@ class DiffusionModel(keras.Model):
                 `clipnorm` of Keras optimizers for those features.
             loss, metrics: must be None (the model defines its loss and
                 metrics).
-            jit_compile: "auto" uses XLA when a GPU or TPU is visible, not
-                on CPU.
+            jit_compile: "auto" uses XLA when a GPU or TPU is visible on
+                TensorFlow, not on CPU; JAX always compiles with XLA.
             **kwargs: other `keras.Model.compile` arguments (`run_eagerly`,
                 `steps_per_execution`, ...).
         """
         if loss is not None:
             raise ValueError(
-                "DiffusionModel computes its own loss from `prediction` and "
+                f"{type(self).__name__} computes its own loss from `prediction` and "
                 f"`weighting`; compile() received loss={loss!r}"
             )
         if metrics:
             raise ValueError(
-                f"DiffusionModel reports its own metrics; compile() received metrics={metrics!r}"
+                f"{type(self).__name__} reports its own metrics; compile() received "
+                f"metrics={metrics!r}"
             )
         if optimizer is None or (isinstance(optimizer, str) and optimizer == "auto"):
             optimizer = keras.optimizers.AdamW(
                 learning_rate=2e-4, weight_decay=0.01, clipnorm=1.0
             )
         if jit_compile == "auto":
-            jit_compile = _has_accelerator()
+            jit_compile = True if keras.backend.backend() == "jax" else has_accelerator()
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
-        self._generate_fns = {}
+        self._runner = None
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -511,8 +528,6 @@ class DiffusionModel(keras.Model):
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None or optimizer.built or not self.built:
             return
-        if self.denoiser is None or not self.denoiser.built:
-            return
         with self._strategy_scope():
             optimizer.build(self.trainable_variables)
 
@@ -522,17 +537,32 @@ class DiffusionModel(keras.Model):
             return contextlib.nullcontext()
         return self.distribute_strategy.scope()
 
-    def fit(self, x=None, y=None, *args, **kwargs):
-        self._maybe_build_from_data(x, y)
+    def _prepare_fit(self, x, y):
+        batch, x = self._peek(x, y)
+        if batch is not None:
+            self._check_first_batch(batch)
+        if not self.built:
+            raise ValueError(
+                f"{type(self).__name__} could not read a first batch from the data "
+                f"({type(x).__name__}) to build itself; pass `image_shape=` to the "
+                "constructor or call build()."
+            )
         if not self.compiled:
             self.compile()
         self._build_optimizer()
+        return x
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        x = self._prepare_fit(x, y)
+        if len(args) < 7 and not isinstance(x, (np.ndarray, dict, list, tuple)) and not hasattr(
+            x, "shape"
+        ):
+            # Datasets and generators come shuffled: no warning for Keras' default.
+            kwargs.setdefault("shuffle", False)
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        self._maybe_build_from_data(x, y)
-        if not self.compiled:
-            self.compile()
+        x = self._prepare_fit(x, y)
         return super().evaluate(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------
@@ -547,247 +577,148 @@ class DiffusionModel(keras.Model):
         if self.text_encoder is None:
             raise ValueError(
                 "`text` was given but the model has no `text_encoder`; pass "
-                "DiffusionModel(text_encoder=...)"
+                f"{type(self).__name__}(text_encoder=...)"
             )
         return ops.cast(self.text_encoder(text, training=training), "float32")
 
-    def _null_context(self, batch):
-        if self.text_encoder is not None:
-            empty = self.encode_text(_string_tensor([""]))
-            return ops.repeat(empty, batch, axis=0)
-        return ops.zeros((batch,) + self.context_shape, "float32")
+    def _empty_context(self):
+        if self.text_encoder is None:
+            return None
+        return self.encode_text(string_tensor([""]))
 
     def _null_condition(self, batch):
         """The "no condition" inputs of the denoiser for a batch."""
-        cond = {}
-        if self.num_classes is not None:
-            cond["labels"] = ops.full((batch,), self.num_classes, "int32")
-        if self.text_encoder is not None or self.context_shape is not None:
-            cond["context"] = self._null_context(batch)
-        if self.condition_shape is not None:
-            cond["condition"] = ops.zeros((batch,) + self.condition_shape, "float32")
-        return cond
+        return self.conditions.null(batch, self._empty_context())
 
     def _prepare_batch(self, data, training):
-        """Data -> (images float32, condition dict for the denoiser, valid mask)."""
-        images, extras = _split_data(data)
-        images = self._standardize_images(images)
-        batch = ops.shape(images)[0]
-        cond = {}
-        if self.num_classes is not None:
-            labels = extras.get("labels")
-            if labels is None:
-                labels = ops.full((batch,), self.num_classes, "int32")
-            else:
-                labels = self._check_labels_graph(labels)
-            cond["labels"] = labels
-        elif extras.get("labels") is not None:
+        """Data -> (x0 float32 in the codec's space, condition dict, valid mask)."""
+        data = parse_batch(data)
+        if "latents" in data:
+            x0 = ops.cast(data["latents"], "float32")
+            self._check_latents(tuple(x0.shape[1:]))
+        else:
+            x0 = self._encode_images(data["images"], training)
+        if tuple(x0.shape[1:]) != tuple(self.image_shape):
             raise ValueError(
-                "The data has `labels` but the model is unconditional (num_classes=None); "
-                "pass DiffusionModel(num_classes=...)."
+                f"`images` of shape {tuple(data.get('images', x0).shape[1:])} (without "
+                f"batch) do not match the model's image_shape={self.image_shape}"
             )
-        if extras.get("text") is not None:
-            cond["context"] = self.encode_text(extras["text"], training=training)
-        elif extras.get("context") is not None:
-            cond["context"] = ops.cast(extras["context"], "float32")
-        elif self.text_encoder is not None or self.context_shape is not None:
-            cond["context"] = self._null_context(batch)
-        if extras.get("condition") is not None:
+        spec = self.conditions
+        batch = ops.shape(x0)[0]
+        cond = {}
+        if data.get("labels") is not None:
+            cond["labels"] = spec.graph_labels(data["labels"])
+        if data.get("text") is not None:
+            cond["context"] = self.encode_text(data["text"], training=training)
+        elif data.get("context") is not None:
+            cond["context"] = ops.cast(data["context"], "float32")
+        if data.get("condition") is not None:
             if self.condition_shape is None:
                 raise ValueError(
                     "The data has an image `condition` but the model was built without "
                     "one (condition_shape=None)."
                 )
-            cond["condition"] = ops.cast(extras["condition"], "float32")
-        elif self.condition_shape is not None:
-            cond["condition"] = ops.zeros((batch,) + self.condition_shape, "float32")
-        images, cond, valid = self._apply_nan_policy(images, cond)
-        return images, cond, valid
+            condition = data["condition"]
+            if "latents" not in data:
+                condition = self.codec.encode_condition(condition, self.image_shape)
+            cond["condition"] = ops.cast(condition, "float32")
+        null = self._null_condition(batch)
+        cond = {key: cond.get(key, value) for key, value in null.items()}
+        x0, cond, valid = self._apply_nan_policy(x0, cond)
+        return x0, cond, valid
 
-    def _standardize_images(self, images):
-        images = to_float(images)
-        shape = tuple(images.shape[1:])
-        if self.image_shape is not None and shape != self.image_shape:
-            raise ValueError(
-                f"`images` of shape {shape} (without batch) do not match the model's "
-                f"image_shape={self.image_shape}"
-            )
-        return images
+    def _encode_images(self, images, training):
+        return self.codec.encode(images)
 
-    def _check_labels_graph(self, labels):
-        import tensorflow as tf
-
-        labels = tf.cast(labels, "int32")
-        if labels.shape.rank != 1:
-            labels = tf.reshape(labels, [-1])
-        message = (
-            f"`labels` must be integers in [0, {self.num_classes}) "
-            f"(num_classes={self.num_classes}); received out-of-range labels"
+    def _check_latents(self, shape):
+        raise ValueError(
+            f"{type(self).__name__} works in pixel space: a batch has `images`, not "
+            "`latents`"
         )
-        checks = [
-            tf.debugging.assert_non_negative(labels, message=message),
-            tf.debugging.assert_less(labels, self.num_classes, message=message),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(labels)
 
-    def _apply_nan_policy(self, images, cond):
-        import tensorflow as tf
+    def _apply_nan_policy(self, x0, cond):
+        batch = ops.shape(x0)[0]
 
-        batch = tf.shape(images)[0]
-        flat = tf.reshape(images, [batch, -1])
-        valid = tf.reduce_all(tf.math.is_finite(flat), axis=1)
+        def finite(x):
+            return ops.all(ops.isfinite(ops.reshape(x, (batch, -1))), axis=1)
+
+        valid = finite(x0)
         for key in ("context", "condition"):
             if key in cond:
-                c = tf.reshape(cond[key], [batch, -1])
-                valid = tf.logical_and(valid, tf.reduce_all(tf.math.is_finite(c), axis=1))
+                valid = ops.logical_and(valid, finite(cond[key]))
         if self.nan_policy == "raise":
-            message = (
+            x0 = runtime_check(
+                x0, ops.all(valid),
                 "The batch contains NaN or Inf in `images` (or in its condition); "
-                "nan_policy='raise'. Clean the data or use DiffusionModel("
-                "nan_policy='skip') to drop such examples."
+                "nan_policy='raise'. Clean the data or use nan_policy='skip' to drop "
+                "such examples.",
             )
-            check = tf.debugging.Assert(tf.reduce_all(valid), [message])
-            with tf.control_dependencies([check]):
-                images = tf.identity(images)
-            return images, cond, tf.ones([batch], "float32")
-        mask = tf.cast(valid, "float32")
+            return x0, cond, ops.ones((batch,), "float32")
 
         def zero_invalid(x):
-            m = tf.reshape(valid, [batch] + [1] * (x.shape.rank - 1))
-            return tf.where(m, x, tf.zeros_like(x))
+            mask = ops.reshape(valid, (-1,) + (1,) * (len(x.shape) - 1))
+            return ops.where(mask, x, ops.zeros_like(x))
 
-        images = zero_invalid(images)
+        x0 = zero_invalid(x0)
         for key in ("context", "condition"):
             if key in cond:
                 cond[key] = zero_invalid(cond[key])
-        return images, cond, mask
+        return x0, cond, ops.cast(valid, "float32")
 
+    # ------------------------------------------------------------------
+    # The loss (backend-neutral) and the steps
+    # ------------------------------------------------------------------
     def _training_seed(self):
         """The seed of a training draw (distinct per replica)."""
-        return _ReplicaSeed(self.seed_generator)
+        return ReplicaSeed(self.seed_generator)
 
-    def _drop_condition(self, cond, batch):
-        """Classifier-free guidance dropout: condition -> null condition."""
-        if not cond or self.condition_dropout == 0.0:
-            return cond
-        drop = keras.random.uniform((batch,), seed=self._training_seed()) < self.condition_dropout
-        null = self._null_condition(batch)
-        out = {}
-        for key, value in cond.items():
-            mask = ops.reshape(drop, (-1,) + (1,) * (len(value.shape) - 1))
-            out[key] = ops.where(mask, ops.cast(null[key], value.dtype), value)
-        return out
-
-    # ------------------------------------------------------------------
-    # The loss
-    # ------------------------------------------------------------------
     def per_example_loss(self, images, noise, t, condition=None, training=False):
-        """Weighted squared error of the denoiser per example, shape [batch].
+        """`objectives.diffusion_loss` of the denoiser per example, `[batch]`.
 
         Args:
-            images: clean data x0, float32.
+            images: clean data x0 (in the denoiser's space), float32.
             noise: eps, shaped like `images`.
             t: times, shape [batch].
             condition: dict of denoiser condition inputs ("labels",
                 "context", "condition").
             training: passed to the denoiser.
         """
-        x_t, target = self._noisy_and_target(images, noise, t)
-        output = self.denoiser({"x_t": x_t, "t": t, **(condition or {})}, training=training)
-        error = ops.square(ops.cast(output, "float32") - target)
-        error = ops.mean(ops.reshape(error, (ops.shape(error)[0], -1)), axis=1)
-        weight = objectives.loss_weight(
-            self.weighting, self.prediction, t, self.schedule, gamma=self.min_snr_gamma
-        )
-        if self.weighting == "elbo":
-            # Clip t off the ends, where the logit-normal density is 0 in
-            # float32 and the weight would be inf.
-            inner = ops.clip(t, self.schedule.t_min + 1e-5, 1.0 - 1e-5)
-            weight = weight / objectives.time_density(
-                self.time_distribution,
-                inner,
-                self.schedule,
-                loc=self.logit_normal_loc,
-                scale=self.logit_normal_scale,
-            )
-        return weight * error
 
-    def _noisy_and_target(self, images, noise, t):
-        """x_t and the training target, also for a batch of unknown size."""
+        def predict(x_t, times):
+            return self.denoiser({"x_t": x_t, "t": times, **(condition or {})}, training=training)
 
-        def noisy_and_target(x0, eps, times):
-            x_t = self.schedule.add_noise(x0, eps, times)
-            target = objectives.from_x0_epsilon(self.prediction, x0, eps, times, self.schedule)
-            return x_t, target
-
-        if images.shape[0] is not None or keras.backend.backend() != "tensorflow":
-            return noisy_and_target(images, noise, t)
-        # `schedules.broadcast_like` reshapes t with its static shape, which
-        # fails for a dynamic batch (tf.data without drop_remainder): map the
-        # same math over examples with a static batch of one.
-        import tensorflow as tf
-
-        def one(args):
-            x0, eps, times = args
-            x_t, target = noisy_and_target(x0[None], eps[None], times[None])
-            return x_t[0], target[0]
-
-        return tf.vectorized_map(one, (images, noise, t))
-
-    def _update_metrics(self, losses, t, valid):
-        count = ops.maximum(ops.sum(valid), 1.0)
-        self.loss_tracker.update_state(ops.sum(losses * valid) / count, sample_weight=count)
-        for i, tracker in enumerate(self.bucket_trackers):
-            in_bucket = ops.logical_and(t >= i / 4.0, t < (i + 1) / 4.0 if i < 3 else t <= 1.0)
-            tracker.update_state(losses, sample_weight=ops.cast(in_bucket, "float32") * valid)
-        if self.nan_policy == "skip":
-            self.nonfinite_tracker.update_state(ops.sum(1.0 - valid))
-
-    def _sample_time(self, images):
-        batch = images.shape[0]
-        if batch is None:
-            import tensorflow as tf
-
-            batch = tf.shape(images)[0]
-            if self.time_distribution == "low_discrepancy":
-                # objectives.sample_time with a dynamic batch size: the same
-                # draw, one uniform offset shifted by i / batch.
-                offset = keras.random.uniform((), seed=self._training_seed())
-                steps = tf.cast(tf.range(batch), "float32") / tf.cast(batch, "float32")
-                u = tf.math.floormod(offset + steps, 1.0)
-                return self.schedule.t_min + (1.0 - self.schedule.t_min) * u
-        return objectives.sample_time(
-            self.time_distribution,
-            batch,
-            self.schedule,
-            seed=self._training_seed(),
+        return objectives.diffusion_loss(
+            predict, images, noise, t,
+            schedule=self.schedule,
+            prediction=self.prediction,
+            weighting=self.weighting,
+            time_distribution=self.time_distribution,
+            gamma=self.min_snr_gamma,
             loc=self.logit_normal_loc,
             scale=self.logit_normal_scale,
         )
 
-    def train_step(self, data):
-        import tensorflow as tf
-
-        trainable = self.trainable_variables
-        with tf.GradientTape() as tape:
-            # Under the tape, so that a trainable text encoder learns too.
-            images, cond, valid = self._prepare_batch(data, training=True)
-            batch = tf.shape(images)[0]
-            t = self._sample_time(images)
-            noise = keras.random.normal(tf.shape(images), seed=self._training_seed())
-            cond = self._drop_condition(cond, batch)
-            losses = self.per_example_loss(images, noise, t, cond, training=True)
-            count = tf.maximum(tf.reduce_sum(valid), 1.0)
-            loss = tf.reduce_sum(losses * valid) / count
-            if self.losses:
-                loss = loss + tf.add_n([tf.cast(x, "float32") for x in self.losses])
-            # Gradients are summed over replicas: divide by their number.
-            scaled = self.optimizer.scale_loss(loss / _num_replicas())
-        grads = tape.gradient(scaled, trainable)
-        self.optimizer.apply_gradients(zip(grads, trainable))
-        self._update_metrics(losses, t, valid)
-        return {m.name: m.result() for m in self.metrics}
+    def training_loss(self, data):
+        """The training step's loss: `(loss, (losses, t, valid))`."""
+        x0, cond, valid = self._prepare_batch(data, training=True)
+        batch = ops.shape(x0)[0]
+        t = objectives.sample_time(
+            self.time_distribution, batch, self.schedule, seed=self._training_seed(),
+            loc=self.logit_normal_loc, scale=self.logit_normal_scale,
+        )
+        noise = keras.random.normal(ops.shape(x0), seed=self._training_seed())
+        if self.condition_dropout:
+            null = self._null_condition(batch)
+            cond = ConditionSpec.drop(cond, null, self.condition_dropout, self._training_seed())
+        losses = self.per_example_loss(x0, noise, t, cond, training=True)
+        count = ops.sum(valid)
+        if self.nan_policy == "skip":
+            # All examples non-finite: warn (the loss is 0 then, nothing learns).
+            count = _warn_if_zero(count, xla=bool(getattr(self, "jit_compile", False)))
+        loss = ops.sum(losses * valid) / ops.maximum(count, 1.0)
+        if self.losses:
+            loss = loss + ops.sum(ops.stack([ops.cast(x, "float32") for x in self.losses]))
+        return loss, (losses, t, valid)
 
     def eval_times(self):
         """The fixed grid of times of `test_step` (midpoints of equal bins)."""
@@ -796,15 +727,29 @@ class DiffusionModel(keras.Model):
         t_min = self.schedule.t_min
         return (t_min + (1.0 - t_min) * u).astype("float32")
 
-    def test_step(self, data):
-        images, cond, valid = self._prepare_batch(data, training=False)
-        batch = ops.shape(images)[0]
+    def eval_losses(self, data):
+        """Yields `(losses, t, valid)` on the fixed grid of times and noise."""
+        x0, cond, valid = self._prepare_batch(data, training=False)
+        batch = ops.shape(x0)[0]
         for k, tk in enumerate(self.eval_times()):
             t = ops.full((batch,), float(tk), "float32")
-            noise = step_noise(ops.shape(images), _EVAL_SEED, k)
-            losses = self.per_example_loss(images, noise, t, cond, training=False)
-            self._update_metrics(losses, t, valid)
-        return {m.name: m.result() for m in self.metrics}
+            noise = random_lib.step_noise(ops.shape(x0), random_lib.EVAL_SEED, k)
+            yield self.per_example_loss(x0, noise, t, cond, training=False), t, valid
+
+    def update_metrics(self, losses, t, valid):
+        count = ops.maximum(ops.sum(valid), 1.0)
+        self.loss_tracker.update_state(ops.sum(losses * valid) / count, sample_weight=count)
+        for i, tracker in enumerate(self.bucket_trackers):
+            in_bucket = ops.logical_and(t >= i / 4.0, t < (i + 1) / 4.0 if i < 3 else t <= 1.0)
+            tracker.update_state(losses, sample_weight=ops.cast(in_bucket, "float32") * valid)
+        if self.nan_policy == "skip":
+            self.nonfinite_tracker.update_state(ops.sum(1.0 - valid))
+
+    def train_step(self, *args):
+        return train_steps.train_step(self, *args)
+
+    def test_step(self, *args):
+        return train_steps.test_step(self, *args)
 
     def call(self, inputs, training=None):
         """The denoiser's prediction.
@@ -815,98 +760,20 @@ class DiffusionModel(keras.Model):
         """
         if isinstance(inputs, dict) and "x_t" in inputs:
             return self.denoiser(inputs, training=training)
-        images, _ = _split_data(inputs)
-        images = self._standardize_images(images)
-        batch = ops.shape(images)[0]
+        x0, _, _ = self._prepare_batch(inputs, training=False)
+        batch = ops.shape(x0)[0]
         return self.denoiser(
-            {"x_t": images, "t": ops.full((batch,), 0.5, "float32"), **self._null_condition(batch)},
+            {"x_t": x0, "t": ops.full((batch,), 0.5, "float32"), **self._null_condition(batch)},
             training=training,
         )
 
     # ------------------------------------------------------------------
-    # Sampling
+    # Weights: EMA without mutation
     # ------------------------------------------------------------------
-    def model_fn(self, labels=None, context=None, condition=None, guidance_scale=1.0):
-        """The sampler's `model_fn(x_t, t)` of this model, with optional guidance.
-
-        Args:
-            labels: int labels `(B,)` (class-conditional models).
-            context: a context `(B, L, D)` (e.g. from `encode_text`).
-            condition: an image condition `(B, H, W, C)`.
-            guidance_scale: classifier-free guidance scale (1: plain
-                conditional model, 0: unconditional).
-
-        Returns:
-            `model_fn(x_t, t) -> prediction` for `sampler.sample`.
-        """
-        _check_guidance_scale(guidance_scale)
-        given = {"labels": labels, "context": context, "condition": condition}
-        if labels is not None and self.num_classes is None:
-            raise ValueError(
-                "`labels` were given but the model is unconditional (num_classes=None)"
-            )
-
-        def conditional(x_t, t, cond):
-            return self.denoiser({"x_t": x_t, "t": t, **cond}, training=False)
-
-        def batch_of(x):
-            return ops.shape(x)[0]
-
-        def resolve(x_t):
-            null = self._null_condition(batch_of(x_t))
-            cond = {}
-            for key, value in null.items():
-                cond[key] = value if given[key] is None else given[key]
-            return cond, null
-
-        if not self.is_conditional or (
-            isinstance(guidance_scale, (int, float)) and guidance_scale == 1
-        ):
-            def plain(x_t, t):
-                cond, _ = resolve(x_t)
-                return conditional(x_t, t, cond)
-
-            return plain
-
-        def guided(x_t, t):
-            cond, null = resolve(x_t)
-            fn = classifier_free_guidance(conditional, cond, null, guidance_scale)
-            return fn(x_t, t)
-
-        return guided
-
-    def export(self, filepath, format="tf_saved_model", verbose=None, sampler="dpm_solver",
-               overwrite=False, **kwargs):
-        """Writes one SavedModel for TF Serving (see `keras_diffusion.export`).
-
-        The sampler loop, guidance, tokenization and VAE decode run in the
-        graph; signatures `serving_default`/`generate`, `generate_from_noise`
-        and `denoise`. `format` must be "tf_saved_model".
-        """
-        if format != "tf_saved_model":
-            raise ValueError(
-                f"`format` must be 'tf_saved_model', received format={format!r}"
-            )
-        from keras_diffusion.export import export_saved_model
-
-        return export_saved_model(
-            self, filepath, sampler=sampler, overwrite=overwrite,
-            verbose=bool(verbose), **kwargs,
-        )
-
-    def _default_save_signature(self):
-        # Keras' SavedModel walk traces every model's default signature; a
-        # DiffusionModel has none (use `export`).
-        return None
-
-    @contextlib.contextmanager
-    def ema_weights(self):
-        """Swaps in the optimizer's EMA weights (when it keeps them) inside a `with`.
-
-        Like `keras.callbacks.SwapEMAWeights`: the EMA values are assigned to
-        the trainable variables and the training values restored afterwards.
-        Yields whether a swap happened.
-        """
+    def _ema_by_variable(self):
+        """{id(variable): its EMA variable} when the optimizer keeps EMA weights
+        and has taken a step; else {}. (Keras keeps them in the optimizer's
+        `_model_variables_moving_average`, as `SwapEMAWeights` reads them.)"""
         optimizer = getattr(self, "optimizer", None)
         optimizer = getattr(optimizer, "inner_optimizer", optimizer)
         averages = getattr(optimizer, "_model_variables_moving_average", None)
@@ -916,17 +783,137 @@ class DiffusionModel(keras.Model):
             or not averages
             or int(ops.convert_to_numpy(optimizer.iterations)) == 0
         ):
+            return {}
+        return {id(v): a for v, a in zip(optimizer._trainable_variables, averages)}
+
+    def _generation_variables(self):
+        variables = list(self.denoiser.variables)
+        if self.text_encoder is not None:
+            variables += list(self.text_encoder.variables)
+        return variables
+
+    def weight_values(self, use_ema=True):
+        """The values of the generation weights: the EMA weights when kept
+        (and `use_ema`), the model's own otherwise. Read as a consistent
+        snapshot; nothing is assigned."""
+        ema = self._ema_by_variable() if use_ema else {}
+        with self._weights_lock:
+            return [
+                ops.convert_to_tensor(ema.get(id(v), v)) for v in self._generation_variables()
+            ]
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Assigns the EMA weights to the model inside a `with` (for code that
+        reads the variables themselves, e.g. saving them); the training
+        values are restored afterwards. Yields whether a swap happened.
+
+        `generate`, `img2img`, `inpaint` and `export` need no swap: they use
+        the EMA weights as values and never mutate the model.
+        """
+        ema = self._ema_by_variable()
+        if not ema:
             yield False
             return
-        variables = optimizer._trainable_variables
-        backup = [ops.convert_to_numpy(v) for v in variables]
-        for var, average in zip(variables, averages):
-            var.assign(average)
-        try:
-            yield True
-        finally:
-            for var, value in zip(variables, backup):
-                var.assign(value)
+        with self._weights_lock:
+            variables = [v for v in self.trainable_variables if id(v) in ema]
+            backup = [ops.convert_to_numpy(v) for v in variables]
+            for var in variables:
+                var.assign(ema[id(var)])
+            try:
+                yield True
+            finally:
+                for var, value in zip(variables, backup):
+                    var.assign(value)
+
+    # ------------------------------------------------------------------
+    # Sampling
+    # ------------------------------------------------------------------
+    @property
+    def runner(self):
+        """The model's `pipelines.GenerationRunner` (created when first used)."""
+        if self._runner is None:
+            self._ensure_built()
+
+            def network(x_t, t, cond):
+                return self.denoiser({"x_t": x_t, "t": t, **cond}, training=False)
+
+            self._runner = GenerationRunner(
+                network,
+                self._generation_variables(),
+                self.schedule,
+                self.prediction,
+                self._null_condition,
+                self.is_conditional,
+                codec=self.codec if self.codec.is_latent else None,
+            )
+        return self._runner
+
+    def _ensure_built(self):
+        if self.image_shape is None or (self.denoiser is None and not self.built):
+            raise ValueError(
+                "The model is not built: train it with fit() or pass `image_shape=` "
+                "before calling generate()."
+            )
+        if not self.built:
+            self.build(None)
+
+    def model_fn(self, labels=None, context=None, condition=None, guidance_scale=1.0):
+        """The sampler's `model_fn(x_t, t)` of this model, with optional guidance.
+
+        Args:
+            labels: int labels `(B,)` (class-conditional models).
+            context: a context `(B, L, D)` (e.g. from `encode_text`).
+            condition: an image condition `(B, H, W, C)` in the denoiser's space.
+            guidance_scale: classifier-free guidance scale (1: plain
+                conditional model, 0: unconditional).
+
+        Returns:
+            `model_fn(x_t, t) -> prediction` for `sampler.sample`.
+        """
+        _check_guidance_scale(guidance_scale)
+        if labels is not None and self.num_classes is None:
+            raise ValueError(
+                "`labels` were given but the model is unconditional (num_classes=None)"
+            )
+        given = {"labels": labels, "context": context, "condition": condition}
+        return self.runner.model_fn(
+            {k: v for k, v in given.items() if v is not None}, guidance_scale
+        )
+
+    def _conditions_for(self, num, labels, text, condition, values):
+        """Validated condition inputs of the runner for `num` samples."""
+        spec = self.conditions
+        out = {}
+        if labels is not None:
+            out["labels"] = spec.check_labels(labels, num)
+        if text is not None:
+            prompts = spec.check_text(text, num)
+            context = self.runner.call(values, self.encode_text, string_tensor(prompts))
+            out["context"] = np.asarray(ops.convert_to_numpy(context), "float32")
+        if condition is not None:
+            if self.condition_shape is None:
+                raise ValueError(
+                    "`condition` was given but the model has no image condition "
+                    "(condition_shape=None)"
+                )
+            encoded = self.codec.encode_condition(condition, self.image_shape)
+            out["condition"] = spec.check_condition(encoded, num)
+        return out
+
+    def _sampling_options(self, sampler, clip, clip_denoised, num_steps, timesteps, spacing,
+                          guidance_scale, jit_compile):
+        _check_guidance_scale(guidance_scale)
+        if clip is None:
+            clip = len(self.codec.data_shape(self.image_shape)) == 3
+        if clip_denoised is None:
+            clip_denoised = bool(clip) and not self.codec.is_latent
+        sampler = _get_sampler(sampler, clip_denoised)
+        _check_num_steps(num_steps)
+        if jit_compile is None:
+            jit_compile = bool(self.jit_compile) if self.compiled else has_accelerator()
+        eager = bool(getattr(self, "run_eagerly", False))
+        return sampler, bool(clip), float(guidance_scale), bool(jit_compile), eager
 
     def generate(
         self,
@@ -946,198 +933,273 @@ class DiffusionModel(keras.Model):
         use_ema=True,
         jit_compile=None,
         verbose="auto",
+        return_latents=False,
     ):
         """Samples from the model.
 
-        The whole sampler loop for a batch runs as one `tf.function` (with
-        XLA when `jit_compile`, default: as compiled, XLA on GPU/TPU); with
-        `run_eagerly=True` in `compile` it runs step by step in eager mode
-        with a progress bar over the model evaluations.
+        The sampler loop (and the decode of a latent model) for a batch runs
+        as one compiled function (`tf.function`, with XLA when `jit_compile`;
+        `jax.jit` on JAX), traced once per signature; with `run_eagerly=True`
+        in `compile` it runs step by step with a progress bar over the model
+        evaluations. The EMA weights are used as values: the model is never
+        mutated, and concurrent calls from several threads are safe.
 
         Args:
             num_images: how many samples; defaults to the number of labels /
                 prompts / conditions.
-            labels: class labels `(N,)` for class-conditional models.
-            text: N prompts (needs a `text_encoder`).
-            condition: image conditions `(N, H, W, C)`.
+            labels: class labels `(N,)` (or one label for all) for
+                class-conditional models.
+            text: N prompts (or one for all; needs a `text_encoder`).
+            condition: image conditions `(N, H, W, C)` (pixel level; a latent
+                model encodes them with its codec).
             sampler: a `Sampler` or a name ("dpm_solver", "ddim", "ddpm",
-                "euler", "heun", "ode"); falls back to "ddim" when the
-                default "dpm_solver" is not available.
-            num_steps: number of model-evaluation times (sampler default if
-                None).
-            guidance_scale: classifier-free guidance scale >= 0 (1: none).
-            seed: an int; the same seed gives the same samples. Random if
-                None.
+                "euler", "heun", "ode", ...).
+            num_steps: a positive int: model-evaluation times (sampler
+                default if None).
+            guidance_scale: classifier-free guidance scale, finite and >= 0
+                (1: none).
+            seed: an int in [0, 2**31); the same seed gives the same samples
+                (and the same as the exported SavedModel). Random if None.
             timesteps, spacing: the sampler's time grid options.
             batch_size: samples per sampler call (default: all at once).
             clip: clip the output to [-1, 1]; default True for images
                 (rank-3 samples), False for vectors.
             clip_denoised: clip the sampler's x0 estimates to [-1, 1] at every
                 step (`clip_x0=1` of a sampler given by name); default as
-                `clip`. With "epsilon" prediction and the cosine schedule
-                (alpha(1) ~ 5e-5) the first steps amplify the network's eps
-                error by alpha_s / alpha_t ~ 1e3 without it.
+                `clip` for pixel models, False for latent models.
             use_ema: sample with the optimizer's EMA weights when kept.
             jit_compile: XLA for the sampler graph (None: as `compile`).
             verbose: "auto", 0 or 1: progress bar.
+            return_latents: also return the sampled latents (latent models).
 
         Returns:
-            A numpy float32 array `(N, *image_shape)`.
+            A numpy float32 array `(N, *data_shape)` (and the latents with
+            `return_latents=True`).
         """
-        if self.image_shape is None or self.denoiser is None:
+        self._ensure_built()
+        sampler, clip, guidance_scale, jit_compile, eager = self._sampling_options(
+            sampler, clip, clip_denoised, num_steps, timesteps, spacing, guidance_scale,
+            jit_compile,
+        )
+        num = self.conditions.count(num_images, labels, text, condition)
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size <= 0
+        ):
             raise ValueError(
-                "The model is not built: train it with fit() or pass `image_shape=` "
-                "before calling generate()."
+                f"`batch_size` must be a positive int, received batch_size={batch_size!r}"
             )
-        if not self.built:
-            self.build(None)
-        _check_guidance_scale(guidance_scale)
-        guidance_scale = float(guidance_scale)
-        num = None
-        if labels is not None:
-            if self.num_classes is None:
-                raise ValueError(
-                    "generate() received `labels` but the model is unconditional "
-                    "(num_classes=None)"
-                )
-            labels = np.asarray(labels)
-            if labels.ndim == 0:
-                labels = labels[None]
-            if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(
-                    "`labels` must be a 1-D sequence of ints, received "
-                    f"{labels.dtype} array of shape {labels.shape}"
-                )
-            if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(
-                    f"`labels` must be in [0, {self.num_classes}) (num_classes="
-                    f"{self.num_classes}), received values in "
-                    f"[{labels.min()}, {labels.max()}]"
-                )
-            num = len(labels)
-        context = None
-        if text is not None:
-            if isinstance(text, str):
-                text = [text]
-            text = list(text)
-            num = _same_count(num, len(text), "text")
-        if condition is not None:
-            if self.condition_shape is None:
-                raise ValueError(
-                    "generate() received `condition` but the model has no image "
-                    "condition (condition_shape=None)"
-                )
-            condition = np.asarray(condition, "float32")
-            if tuple(condition.shape[1:]) != self.condition_shape:
-                raise ValueError(
-                    f"`condition` must have shape (N, {self.condition_shape}), received "
-                    f"{condition.shape}"
-                )
-            num = _same_count(num, len(condition), "condition")
-        if num_images is not None:
-            if int(num_images) <= 0:
-                raise ValueError(
-                    f"`num_images` must be positive, received num_images={num_images}"
-                )
-            num = _same_count(num, int(num_images), "num_images")
-        if num is None:
-            raise ValueError("generate() needs `num_images`, `labels`, `text` or `condition`")
-        if batch_size is not None and int(batch_size) <= 0:
-            raise ValueError(f"`batch_size` must be positive, received batch_size={batch_size}")
         batch_size = num if batch_size is None else min(int(batch_size), num)
-        if clip is None:
-            clip = len(self.image_shape) == 3
-        if clip_denoised is None:
-            clip_denoised = clip
-        sampler = _get_sampler(sampler, clip_denoised)
-        if seed is None:
-            seed = int(np.random.randint(0, 2**31 - 1))
-        seed = int(seed)
-        if jit_compile is None:
-            jit_compile = bool(self.jit_compile) if self.compiled else _has_accelerator()
-        eager = bool(getattr(self, "run_eagerly", False))
-        noise = initial_noise((num,) + tuple(self.image_shape), seed)
-        noise = np.asarray(ops.convert_to_numpy(noise), "float32")
-        times = sampler.timesteps(self.schedule, num_steps, timesteps, spacing)
-        times_np = np.asarray(ops.convert_to_numpy(times), "float32")
+        seed = random_lib.check_seed(seed)
+        times = np.asarray(
+            ops.convert_to_numpy(sampler.timesteps(self.schedule, num_steps, timesteps, spacing)),
+            "float32",
+        )
+        values = self.weight_values(use_ema)
+        cond = self._conditions_for(num, labels, text, condition, values)
+        noise = np.asarray(
+            ops.convert_to_numpy(random_lib.initial_noise((num,) + self.image_shape, seed)),
+            "float32",
+        )
+        chunks = list(range(0, num, batch_size))
         if verbose == "auto":
             verbose = 1 if (eager or num > batch_size) else 0
-        chunks = list(range(0, num, batch_size))
         progbar = None
         if verbose:
-            target = len(times_np) * len(chunks) if eager else len(chunks)
+            target = len(times) * len(chunks) if eager else len(chunks)
             progbar = keras.utils.Progbar(target, unit_name="step" if eager else "batch")
-        outputs = []
-        with contextlib.ExitStack() as stack:
-            if use_ema:
-                stack.enter_context(self.ema_weights())
-            if text is not None:  # Encoded with the same (EMA) weights.
-                context = ops.convert_to_numpy(self.encode_text(_string_tensor(text)))
-            for index, start in enumerate(chunks):
-                stop = min(start + batch_size, num)
-                inputs = {"noise": noise[start:stop]}
-                if labels is not None:
-                    inputs["labels"] = labels[start:stop].astype("int32")
-                if context is not None:
-                    inputs["context"] = context[start:stop]
-                if condition is not None:
-                    inputs["condition"] = condition[start:stop]
-                chunk_seed = sampler_seed(seed, index)
-                fn = self._sampling_fn(
-                    sampler, times_np, guidance_scale, tuple(sorted(inputs)), eager,
-                    jit_compile, progbar,
-                )
-                x = fn(inputs, chunk_seed)
-                outputs.append(np.asarray(ops.convert_to_numpy(x)))
-                if progbar is not None and not eager:
-                    progbar.update(index + 1)
-        images = np.concatenate(outputs, axis=0)
-        if clip:
-            images = np.clip(images, -1.0, 1.0)
-        return images
-
-    def _sampling_fn(self, sampler, times, guidance_scale, keys, eager, jit_compile, progbar):
-        def run(inputs, seed):
-            x_noise = ops.convert_to_tensor(inputs["noise"])
-            model_fn = self.model_fn(
-                labels=inputs.get("labels"),
-                context=inputs.get("context"),
-                condition=inputs.get("condition"),
-                guidance_scale=guidance_scale,
-            )
-            if progbar is not None and eager:
-                inner = model_fn
-
-                def model_fn(x_t, t):
-                    out = inner(x_t, t)
+        hook = None
+        if progbar is not None and eager:
+            def hook(model_fn):
+                def counted(x_t, t):
+                    out = model_fn(x_t, t)
                     progbar.add(1)
                     return out
 
-            return sampler.sample(
-                model_fn,
-                x_noise,
-                schedule=self.schedule,
-                prediction=self.prediction,
-                timesteps=times,
-                seed=seed,
+                return counted
+
+        decode = not return_latents
+        outputs = []
+        for index, start in enumerate(chunks):
+            stop = min(start + batch_size, num)
+            x = self.runner.generate(
+                values, noise[start:stop], {k: v[start:stop] for k, v in cond.items()},
+                sampler=sampler, timesteps=times, guidance_scale=guidance_scale,
+                seed=random_lib.sampler_seed(seed, index), decode=decode,
+                jit_compile=jit_compile, eager=eager, model_fn_hook=hook,
             )
+            outputs.append(np.asarray(ops.convert_to_numpy(x), "float32"))
+            if progbar is not None and not eager:
+                progbar.update(index + 1)
+        out = np.concatenate(outputs, axis=0)
+        if not return_latents:
+            return np.clip(out, -1.0, 1.0) if clip else out
+        images = self.decode(out)
+        return (np.clip(images, -1.0, 1.0) if clip else images), out
 
-        if eager or keras.backend.backend() != "tensorflow":
-            return run
-        key = (repr(sampler), times.tobytes(), guidance_scale, keys, bool(jit_compile))
-        if key not in self._generate_fns:
-            import tensorflow as tf
+    def decode(self, x, batch_size=64):
+        """Samples in the denoiser's space -> data (numpy float32, not clipped)."""
+        x = np.asarray(ops.convert_to_numpy(x), "float32")
+        if not self.codec.is_latent:
+            return x
+        return np.concatenate(
+            [
+                np.asarray(ops.convert_to_numpy(self.codec.decode(x[i : i + batch_size])))
+                for i in range(0, len(x), batch_size)
+            ]
+        ).astype("float32")
 
-            # The sampler loop is an ops.fori_loop already: no AutoGraph.
-            run = tf.autograph.experimental.do_not_convert(run)
-            self._generate_fns[key] = tf.function(run, jit_compile=bool(jit_compile))
-        return self._generate_fns[key]
+    def _edit(self, images, mask, strength, labels, text, condition, sampler, num_steps,
+              guidance_scale, seed, timesteps, spacing, renoise, use_ema, jit_compile, clip):
+        self._ensure_built()
+        strength = image_to_image.check_strength(strength)
+        sampler, clip, guidance_scale, jit_compile, eager = self._sampling_options(
+            sampler, clip, None, num_steps, timesteps, spacing, guidance_scale, jit_compile,
+        )
+        pixels = image_to_image._check_images(images)
+        data_shape = self.codec.data_shape(self.image_shape)
+        if tuple(pixels.shape[1:]) != tuple(data_shape):
+            raise ValueError(
+                f"`images` of shape {tuple(pixels.shape[1:])} (without batch) do not "
+                f"match the model's data shape {tuple(data_shape)}"
+            )
+        if mask is not None and len(pixels.shape) != 4:
+            raise ValueError(
+                f"`images` must have shape (batch, H, W, C), received {tuple(pixels.shape)}"
+            )
+        pixel_mask = None if mask is None else image_to_image.check_mask(mask, pixels)
+        if mask is not None:
+            from keras_diffusion.guidance import check_renoise
+
+            check_renoise(renoise)
+        num = int(pixels.shape[0])
+        seed = random_lib.check_seed(seed)
+        values = self.weight_values(use_ema)
+        cond = self._conditions_for(num, labels, text, condition, values)
+        tail = image_to_image.strength_timesteps(
+            sampler, self.schedule, strength, num_steps, timesteps, spacing
+        )
+        if tail.size == 0:
+            out = np.asarray(ops.convert_to_numpy(pixels), "float32")
+            return np.clip(out, -1.0, 1.0) if clip else out
+        x = self.codec.encode(pixels)
+        noise = random_lib.step_noise(tuple(x.shape), seed, random_lib.IMG2IMG_NOISE)
+        x_mask = None if pixel_mask is None else self.codec.mask(pixel_mask)
+        out = self.runner.edit(
+            values, x, noise, x_mask, cond, sampler=sampler, timesteps=tail,
+            guidance_scale=guidance_scale, seed=seed, renoise=renoise,
+            decode=True, jit_compile=jit_compile, eager=eager,
+        )
+        out = np.asarray(ops.convert_to_numpy(out), "float32")
+        if pixel_mask is not None and self.codec.is_latent:
+            # Keep the known pixels exactly (the VAE round trip is lossy).
+            m = np.asarray(ops.convert_to_numpy(pixel_mask))
+            out = m * out + (1.0 - m) * np.asarray(ops.convert_to_numpy(pixels))
+        return np.clip(out, -1.0, 1.0) if clip else out
+
+    def img2img(self, images, strength=0.8, labels=None, text=None, condition=None,
+                sampler="ddim", num_steps=None, guidance_scale=1.0, seed=None,
+                timesteps=None, spacing=None, use_ema=True, jit_compile=None, clip=True):
+        """SDEdit: noise `images` to t = strength and denoise them.
+
+        See `keras_diffusion.pipelines.image_to_image`. The time grid (from
+        `num_steps` / `spacing` / `timesteps`) is the full grid; its times
+        `<= strength` are run. A latent model encodes the images with its
+        codec, samples in latent space and decodes.
+
+        Args:
+            images: `(N, *data_shape)` in [-1, 1] (uint8 rescaled).
+            strength: in [0, 1]: 0 returns the images, 1 is generation.
+            labels, text, condition: as for `generate` (one per image; a
+                single label or prompt is repeated).
+            sampler: a sampler or its name (default "ddim", deterministic).
+            num_steps, timesteps, spacing: the full time grid.
+            guidance_scale: classifier-free guidance scale.
+            seed: an int seed in [0, 2**31) (noise and stochastic samplers).
+            use_ema: use the optimizer's EMA weights when kept.
+            jit_compile: XLA for the sampling graph.
+            clip: clip the output to [-1, 1] (pixel models: also the
+                sampler's x0 estimates when `sampler` is a name).
+
+        Returns:
+            A numpy float32 array shaped like `images`.
+        """
+        return self._edit(images, None, strength, labels, text, condition, sampler,
+                          num_steps, guidance_scale, seed, timesteps, spacing, "fresh",
+                          use_ema, jit_compile, clip)
+
+    def inpaint(self, images, mask, strength=1.0, labels=None, text=None, condition=None,
+                sampler="ddim", num_steps=None, guidance_scale=1.0, seed=None,
+                timesteps=None, spacing=None, renoise="fresh", use_ema=True,
+                jit_compile=None, clip=True):
+        """Fills the region `mask == 1` of `images` by replacement sampling.
+
+        `mask` (1 = generate, 0 = keep) is at pixel resolution; a latent model
+        max-pools it to the latent grid, samples in latent space, decodes and
+        pastes the known pixels back. `renoise`: "fresh" (default) or
+        "fixed" (see `guidance.replace_known`). Other arguments as for
+        `img2img`.
+        """
+        if mask is None:
+            raise ValueError("`mask` is required for inpainting, received mask=None")
+        return self._edit(images, mask, strength, labels, text, condition, sampler,
+                          num_steps, guidance_scale, seed, timesteps, spacing, renoise,
+                          use_ema, jit_compile, clip)
+
+    # ------------------------------------------------------------------
+    # Export
+    # ------------------------------------------------------------------
+    def export(self, filepath, format="tf_saved_model", verbose=None, sampler="dpm_solver",
+               overwrite=False, **kwargs):
+        """Writes one SavedModel for TF Serving (see `keras_diffusion.export`).
+
+        The sampler loop, guidance, tokenization and VAE decode run in the
+        graph; signatures `serving_default`/`generate`, `generate_from_noise`
+        and `denoise`. `format` must be "tf_saved_model".
+        """
+        if format != "tf_saved_model":
+            raise ValueError(
+                f"`format` must be 'tf_saved_model', received format={format!r}"
+            )
+        from keras_diffusion.export import export_saved_model
+
+        return export_saved_model(
+            self, filepath, sampler=sampler, overwrite=overwrite,
+            verbose=bool(verbose), **kwargs,
+        )
+
+    def export_spec(self):
+        """What `keras_diffusion.export` needs of this model (a protocol)."""
+        self._ensure_built()
+        return {
+            "runner": self.runner,
+            "sample_shape": tuple(self.image_shape),
+            "data_shape": tuple(self.codec.data_shape(self.image_shape)),
+            "is_latent": self.codec.is_latent,
+            "conditions": self.conditions,
+            "encode_text": self.encode_text if self.text_encoder is not None else None,
+            "null_condition": self._null_condition,
+            "denoise": lambda inputs: self.denoiser(inputs, training=False),
+            "layers": [
+                layer
+                for layer in (self.denoiser, self.text_encoder, getattr(self, "vae", None))
+                if layer is not None
+            ],
+            "ema_weights": self.ema_weights,
+            "prediction": self.prediction,
+            "schedule": self.schedule,
+        }
+
+    def _default_save_signature(self):
+        # Keras' SavedModel walk traces every model's default signature; a
+        # DiffusionModel has none (use `export`).
+        return None
 
     # ------------------------------------------------------------------
     # Serialization
     # ------------------------------------------------------------------
     def get_config(self):
-        config = {
+        return {
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
@@ -1153,11 +1215,9 @@ class DiffusionModel(keras.Model):
             "text_encoder": None
             if self.text_encoder is None
             else keras.saving.serialize_keras_object(self.text_encoder),
-            "image_shape": None if self.image_shape is None else list(self.image_shape),
-            "condition_shape": None
-            if self.condition_shape is None
-            else list(self.condition_shape),
-            "context_shape": None if self.context_shape is None else list(self.context_shape),
+            "image_shape": _list(self.image_shape),
+            "condition_shape": _list(self.condition_shape),
+            "context_shape": _list(self.context_shape),
             "min_snr_gamma": self.min_snr_gamma,
             "logit_normal_loc": self.logit_normal_loc,
             "logit_normal_scale": self.logit_normal_scale,
@@ -1165,12 +1225,11 @@ class DiffusionModel(keras.Model):
             "num_eval_times": self.num_eval_times,
             "seed": self.seed,
         }
-        return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("denoiser", "text_encoder", "schedule", "dtype"):
+        for key in ("denoiser", "text_encoder", "schedule", "dtype", "vae"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
@@ -1179,82 +1238,76 @@ class DiffusionModel(keras.Model):
 # ----------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------
-class _ReplicaSeed(keras.random.SeedGenerator):
-    """The model's seed generator, offset by the replica id under tf.distribute.
+def _chain(first, rest):
+    """A generator (the type Keras' data adapters take) of `first`, then
+    `rest`; batches that are not tuples are yielded as `(batch,)`, as Keras
+    requires of generators."""
+    for batch in itertools.chain([first], rest):
+        yield batch if isinstance(batch, tuple) else (batch,)
 
-    Replicas share the generator's state (a mirrored variable); without the
-    offset every replica would draw the same times and noise for its part of
-    the global batch.
-    """
 
-    def __init__(self, generator):  # No state of its own.
-        self._generator = generator
+def _tuple(shape):
+    return None if shape is None else tuple(int(d) for d in shape)
 
-    def next(self, ordered=True):
-        seed = self._generator.next(ordered=ordered)
-        if keras.backend.backend() != "tensorflow":
-            return seed
+
+def _list(shape):
+    return None if shape is None else list(shape)
+
+
+def _warn_if_zero(count, xla=False):
+    """Warns (once per trace on graphs, each time eagerly) when no example
+    of a batch is finite under nan_policy='skip'."""
+    message = (
+        "nan_policy='skip': every example of a batch holds NaN or Inf; the batch "
+        "is skipped (loss 0)."
+    )
+    try:
+        if float(ops.convert_to_numpy(count)) == 0.0:
+            warnings.warn(message, stacklevel=2)
+        return count
+    except Exception:  # Traced: report at run time.
+        pass
+    if keras.backend.backend() == "tensorflow" and not xla:  # XLA has no print.
         import tensorflow as tf
 
-        context = tf.distribute.get_replica_context()
-        if context is None:
-            return seed
-        replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
-        return seed + tf.stack([tf.zeros_like(replica), replica])
+        def report():
+            tf.print("WARNING:", message)
+            return count
 
+        return tf.cond(tf.equal(count, 0.0), report, lambda: count)
+    if keras.backend.backend() == "jax":
+        import jax
 
-def _split_data(data):
-    """A data batch -> (images, dict of extras)."""
-    if isinstance(data, dict):
-        unknown = sorted(k for k in data if k not in _DATA_KEYS)
-        if "images" not in data or unknown:
-            raise ValueError(
-                "A dict data batch needs the key 'images' and may have "
-                f"{list(_DATA_KEYS[1:])}; received keys {sorted(data)}"
-            )
-        return data["images"], {k: v for k, v in data.items() if k != "images"}
-    if isinstance(data, (list, tuple)):
-        if len(data) == 0 or len(data) > 3:
-            raise ValueError(
-                "A data batch is images, (images, labels) or a dict; received a "
-                f"{type(data).__name__} of length {len(data)}"
-            )
-        if isinstance(data[0], dict):
-            return _split_data(data[0])
-        extras = {}
-        if len(data) > 1 and data[1] is not None:
-            extras["labels"] = data[1]
-        return data[0], extras
-    return data, {}
-
-
-def _string_tensor(strings):
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.constant(strings)
-    return np.asarray(strings, dtype=object)
+        jax.debug.callback(
+            lambda c: warnings.warn(message) if float(c) == 0.0 else None, count
+        )
+    return count
 
 
 def _check_guidance_scale(guidance_scale):
-    if isinstance(guidance_scale, (int, float, np.number)) and not guidance_scale >= 0:
+    if isinstance(guidance_scale, (bool, str)) or (
+        isinstance(guidance_scale, (int, float, np.number))
+        and not (np.isfinite(guidance_scale) and guidance_scale >= 0)
+    ):
         raise ValueError(
-            f"`guidance_scale` must be >= 0, received guidance_scale={guidance_scale}"
+            "`guidance_scale` must be a finite number >= 0, received "
+            f"guidance_scale={guidance_scale!r}"
         )
 
 
-def _same_count(current, new, name):
-    if current is not None and current != new:
+def _check_num_steps(num_steps):
+    if num_steps is None:
+        return
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
         raise ValueError(
-            f"`{name}` asks for {new} samples but other arguments give {current}"
+            f"`num_steps` must be a positive int, received num_steps={num_steps!r}"
         )
-    return new
+    if num_steps < 1:
+        raise ValueError(f"`num_steps` must be >= 1, received num_steps={num_steps}")
 
 
 def _get_sampler(sampler, clip_denoised=False):
     if isinstance(sampler, str):
         options = {"clip_x0": 1.0} if clip_denoised else {}
-        if sampler not in samplers_lib._NAMES and sampler == "dpm_solver":
-            sampler = "ddim"  # Until the DPM-Solver sampler is available.
         return samplers_lib.get(sampler, **options)
     return samplers_lib.get(sampler)

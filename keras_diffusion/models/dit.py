@@ -8,7 +8,7 @@ from keras_diffusion.layers import DiTFinalLayer
 from keras_diffusion.layers import PatchEmbedding
 from keras_diffusion.layers import TimestepEmbedding
 from keras_diffusion.models.presets import DIT_PRESETS
-from keras_diffusion.models.presets import Denoiser
+from keras_diffusion.models.denoiser import Denoiser
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")

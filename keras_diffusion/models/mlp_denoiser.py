@@ -4,12 +4,12 @@ import keras
 from keras import ops
 
 from keras_diffusion.layers.timestep_embedding import sinusoidal_embedding
-
-_KNOWN_INPUTS = ("x_t", "t", "labels")
+from keras_diffusion.models.denoiser import Denoiser
+from keras_diffusion.models.denoiser import _check_labels
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
-class MLPDenoiser(keras.Model):
+class MLPDenoiser(Denoiser):
     """A residual MLP denoiser for data of shape `(B, D)`.
 
     Follows the denoiser contract of `keras_diffusion`: called with a dict
@@ -29,6 +29,8 @@ class MLPDenoiser(keras.Model):
         time_embedding_dim: number of sinusoidal time features.
         num_classes: number of classes for class-conditional models, or `None`.
         dropout: dropout rate inside the residual blocks.
+        lora_rank, lora_target: set by `enable_lora` (target "all": every
+            Dense layer), restored on load.
         **kwargs: base model arguments (`name`, `dtype`, ...).
 
     Example:
@@ -51,9 +53,13 @@ class MLPDenoiser(keras.Model):
         time_embedding_dim=64,
         num_classes=None,
         dropout=0.0,
+        lora_rank=None,
+        lora_target="all",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.lora_rank = lora_rank
+        self.lora_target = lora_target
         if data_dim is not None and int(data_dim) <= 0:
             raise ValueError(f"`data_dim` must be positive, received data_dim={data_dim}")
         if int(hidden_dim) <= 0:
@@ -110,13 +116,6 @@ class MLPDenoiser(keras.Model):
                 self.data_dim, dtype=policy, name="output_projection"
             )
 
-    @property
-    def null_label(self):
-        """The label index of the "no label" class (`num_classes`)."""
-        if self.num_classes is None:
-            return None
-        return self.num_classes
-
     def build(self, input_shape):
         x_shape = tuple(input_shape["x_t"])
         if len(x_shape) != 2:
@@ -149,20 +148,12 @@ class MLPDenoiser(keras.Model):
         self.output_norm.build((None, self.hidden_dim))
         self.output_projection.build((None, self.hidden_dim))
         self.built = True
+        self._maybe_restore_lora()
+
+    data_rank = 2
 
     def call(self, inputs, training=None):
-        if not isinstance(inputs, dict) or "x_t" not in inputs or "t" not in inputs:
-            raise ValueError(
-                "MLPDenoiser is called with a dict {'x_t': ..., 't': ...}, received "
-                f"{type(inputs).__name__}"
-                + (f" with keys {sorted(inputs)}" if isinstance(inputs, dict) else "")
-            )
-        unknown = sorted(k for k in inputs if k not in _KNOWN_INPUTS and inputs[k] is not None)
-        if unknown:
-            raise ValueError(
-                f"MLPDenoiser accepts inputs {list(_KNOWN_INPUTS)}, received unknown "
-                f"keys {unknown}"
-            )
+        self.check_inputs(inputs)
         x = inputs["x_t"]
         t = ops.reshape(ops.cast(inputs["t"], "float32"), (-1,))
         h = self.input_projection(x)
@@ -176,7 +167,9 @@ class MLPDenoiser(keras.Model):
                     "`labels` were given to an unconditional MLPDenoiser "
                     "(num_classes=None)"
                 )
-            h = h + self.label_embedding(ops.cast(labels, "int32"))
+            labels = ops.cast(labels, "int32")
+            _check_labels(labels, self.num_classes)
+            h = h + self.label_embedding(labels)
         elif self.label_embedding is not None:
             # No labels on a conditional model: the null class.
             null = ops.full((ops.shape(x)[0],), self.num_classes, dtype="int32")
@@ -202,6 +195,7 @@ class MLPDenoiser(keras.Model):
                 "time_embedding_dim": self.time_embedding_dim,
                 "num_classes": self.num_classes,
                 "dropout": self.dropout,
+                **self._base_config(),
             }
         )
         return config

@@ -10,7 +10,7 @@ from keras_diffusion.layers import ResnetBlock
 from keras_diffusion.layers import TimestepEmbedding
 from keras_diffusion.layers import Upsample
 from keras_diffusion.models.presets import UNET_PRESETS
-from keras_diffusion.models.presets import Denoiser
+from keras_diffusion.models.denoiser import Denoiser
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")

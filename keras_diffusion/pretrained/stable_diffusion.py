@@ -59,6 +59,8 @@ import math
 import keras
 from keras import ops
 
+from keras_diffusion.models.denoiser import Denoiser
+
 SCALING_FACTOR = 0.18215
 NUM_TRAIN_TIMESTEPS = 1000
 TIMESTEP_EMBEDDING_DIM = 320
@@ -142,7 +144,7 @@ def lora_weights(model):
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
-class StableDiffusionDenoiser(keras.Model):
+class StableDiffusionDenoiser(Denoiser):
     """keras-cv's SD 1.x UNet behind the dict contract, predicting epsilon.
 
     Called on `{"x_t": (B, H/8, W/8, 4), "t": (B,), "context": (B, L, 768)}`
@@ -164,6 +166,8 @@ class StableDiffusionDenoiser(keras.Model):
     """
 
     prediction = "epsilon"
+    input_channels = 4
+    context_dim = 768
 
     def __init__(self, image_height=512, image_width=512, max_text_length=77,
                  download_weights=False, **kwargs):
@@ -199,12 +203,7 @@ class StableDiffusionDenoiser(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        for key in ("x_t", "t", "context"):
-            if key not in inputs:
-                raise ValueError(
-                    f"StableDiffusionDenoiser needs the input {key!r}; received "
-                    f"keys {sorted(inputs)}"
-                )
+        self.check_inputs(inputs)
         x_t, context = inputs["x_t"], inputs["context"]
         if tuple(x_t.shape[1:]) != self.latent_shape:
             raise ValueError(
@@ -217,7 +216,10 @@ class StableDiffusionDenoiser(keras.Model):
                 f"`context` must have shape (batch, {self.max_text_length}, 768), "
                 f"received shape {tuple(context.shape)}"
             )
-        emb = sd_timestep_embedding(inputs["t"])
+        t = inputs["t"]
+        if len(t.shape) == 0:
+            t = ops.broadcast_to(t, (ops.shape(x_t)[0],))
+        emb = sd_timestep_embedding(t)
         return self.unet([x_t, emb, context], training=training)
 
     def enable_lora(self, rank, targets=UNET_LORA_TARGETS):

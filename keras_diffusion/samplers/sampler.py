@@ -1,62 +1,15 @@
 """The sampler contract and what every sampler shares."""
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
 from keras_diffusion import objectives
+from keras_diffusion.random import step_noise  # noqa: F401 (re-exported)
 from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.samplers.spacing import make_timesteps
 from keras_diffusion.samplers.spacing import validate_timesteps
 from keras_diffusion.schedules.schedule import broadcast_like
-
-
-def _mix(x):
-    """A 32-bit integer hash (Wellons' "lowbias32"), in keras.ops on uint32."""
-    x = ops.bitwise_xor(x, ops.right_shift(x, 16))
-    x = ops.multiply(x, ops.cast(0x7FEB352D, "uint32"))
-    x = ops.bitwise_xor(x, ops.right_shift(x, 15))
-    x = ops.multiply(x, ops.cast(0x846CA68B, "uint32"))
-    return ops.bitwise_xor(x, ops.right_shift(x, 16))
-
-
-def step_noise(shape, seed, step, dtype="float32"):
-    """Standard normal noise for loop step `step`, reproducible from `seed`.
-
-    Counter-based: each element hashes (seed, step, index) to two uniforms
-    and a Box-Muller transform makes the normal. The same (seed, step) gives
-    the same noise in eager mode, in tf.function, under XLA (whose own
-    stateless RNG gives different numbers than TensorFlow's kernels) and on
-    JAX, up to float round-off in log/cos, and in a SavedModel.
-
-    Args:
-        shape: the output shape (ints, or scalar tensors inside a graph).
-        seed: an int or scalar int tensor (taken modulo 2^32).
-        step: an int or scalar int tensor, e.g. the sampler's loop index.
-        dtype: the output dtype.
-    """
-    if isinstance(shape, (tuple, list)):
-        size = 1
-        for dim in shape:
-            size = size * dim
-    else:  # A shape tensor.
-        size = ops.prod(shape)
-    key = _mix(ops.cast(step, "uint32") + ops.cast(0x9E3779B9, "uint32"))
-    key = _mix(ops.cast(seed, "uint32") + key)
-    # Element k uses counters 2k and 2k + 1, so a batch's noise is a prefix
-    # of a larger batch's: generating 1 image or 16 gives the same first one.
-    index = 2 * ops.cast(ops.arange(size), "uint32")
-
-    def uniform(counter):
-        bits = _mix(ops.bitwise_xor(counter, key) + key)
-        # 24 random bits -> a uniform in (0, 1), exact in float32.
-        return (ops.cast(ops.right_shift(bits, 8), "float32") + 0.5) / 16777216.0
-
-    radius = ops.sqrt(-2.0 * ops.log(uniform(index)))
-    z = radius * ops.cos(2.0 * math.pi * uniform(index + ops.cast(1, "uint32")))
-    return ops.cast(ops.reshape(z, shape), dtype)
 
 
 class Sampler:

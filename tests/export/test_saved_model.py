@@ -192,7 +192,7 @@ class ExportTest(TestCase):
 
     def _library_noise(self, batch, seed=SEED):
         # How DiffusionModel.generate draws its initial noise.
-        from keras_diffusion.models.diffusion_model import initial_noise
+        from keras_diffusion.random import initial_noise
 
         return np.asarray(initial_noise((batch, 8, 8, 3), seed), "float32")
 

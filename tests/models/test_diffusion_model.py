@@ -121,7 +121,7 @@ class DiffusionModelTest(TestCase):
                 if weighting == "none":
                     continue
                 # Drawn times of the distribution, in (0, 1].
-                times = np.asarray(model._sample_time(x[:16]))
+                times = np.asarray(objectives.sample_time(distribution, 16, model.schedule, seed=0))
                 self.assertEqual(times.shape, (16,))
                 self.assertTrue(np.all((times >= 0) & (times <= 1)), distribution)
         # Fits: low-discrepancy times on a dataset with a partial last batch
@@ -176,7 +176,10 @@ class DiffusionModelTest(TestCase):
     def test_condition_dropout_uses_null_label(self):
         model = DiffusionModel(_mlp(num_classes=3), condition_dropout=1.0, image_shape=(2,))
         model.build(None)
-        cond = model._drop_condition({"labels": tf.constant([0, 1, 2])}, 3)
+        from keras_diffusion.conditioning import ConditionSpec
+
+        null = model._null_condition(3)
+        cond = ConditionSpec.drop({"labels": tf.constant([0, 1, 2])}, null, 1.0, seed=0)
         self.assertAllClose(cond["labels"], [3, 3, 3])
 
     def test_saving_round_trip_with_ema(self):
@@ -254,7 +257,7 @@ class DiffusionModelTest(TestCase):
         images = np.full((4, 8, 8, 1), 255, "uint8")
         model = DiffusionModel(_conv_denoiser(), image_shape=(8, 8, 1))
         model.build(None)
-        got = np.asarray(model._standardize_images(images))
+        got = np.asarray(model.codec.encode(images))
         self.assertAllClose(got, np.ones_like(got))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

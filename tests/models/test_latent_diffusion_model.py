@@ -122,7 +122,7 @@ class LatentDiffusionModelTest(TestCase):
         mask = np.zeros((16, 16, 1), "float32")
         mask[:, 8:] = 1
         # SD-inpainting style: VAE-encoded masked image + downsampled mask.
-        condition = keras_diffusion.image_to_image.inpainting_condition(images, mask)
+        condition = keras_diffusion.pipelines.inpainting_condition(images, mask)
         model = LatentDiffusionModel(_vae(), _unet(condition_channels=5),
                                      condition_encoding="vae", seed=0)
         model.compile(optimizer="adam", run_eagerly=True)

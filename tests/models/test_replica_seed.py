@@ -16,7 +16,7 @@ _SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
     import keras
-    from keras_diffusion.models.diffusion_model import _ReplicaSeed
+    from keras_diffusion.utils.tensorflow_ops import ReplicaSeed as _ReplicaSeed
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():

@@ -2,7 +2,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_diffusion import image_to_image as i2i
+from keras_diffusion.pipelines import image_to_image as i2i
 from keras_diffusion import samplers
 from keras_diffusion import schedules
 from keras_diffusion.models.diffusion_model import DiffusionModel
@@ -199,26 +199,26 @@ class ModelImageToImageTest(TestCase):
         mask = np.zeros((8, 8, 1), "float32")
         mask[:, 4:] = 1
         for name in ("ddim", "dpm_solver", "euler", "heun"):
-            out = i2i.model_img2img(model, images[:2], strength=0.5, condition=condition[:2],
+            out = model.img2img(images[:2], strength=0.5, condition=condition[:2],
                                     labels=[0, 1], sampler=name, num_steps=4, seed=0,
                                     guidance_scale=2.0)
             self.assertEqual(out.shape, (2, 8, 8, 1))
             self.assertTrue(np.all(np.isfinite(out)), name)
-            filled = i2i.model_inpaint(model, images[:2], mask, condition=condition[:2],
+            filled = model.inpaint(images[:2], mask, condition=condition[:2],
                                        labels=[0, 1], sampler=name, num_steps=3, seed=0)
             np.testing.assert_array_equal(filled[:, :, :4], images[:2, :, :4])
-        again = i2i.model_img2img(model, images[:2], strength=0.5, condition=condition[:2],
+        again = model.img2img(images[:2], strength=0.5, condition=condition[:2],
                                   labels=[0, 1], sampler="heun", num_steps=4, seed=0,
                                   guidance_scale=2.0)
         self.assertAllClose(out, again, atol=1e-5)
         with self.assertRaisesWithArgument(ValueError, "condition", "shape"):
-            i2i.model_img2img(model, images[:2], condition=condition[:2, :4], num_steps=2)
+            model.img2img(images[:2], condition=condition[:2, :4], num_steps=2)
         with self.assertRaisesWithArgument(ValueError, "strength", "-1"):
-            i2i.model_img2img(model, images[:2], strength=-1, condition=condition[:2])
+            model.img2img(images[:2], strength=-1, condition=condition[:2])
         with self.assertRaisesWithArgument(ValueError, "mask", "shape"):
-            i2i.model_inpaint(model, images[:2], np.ones((4, 4)), condition=condition[:2])
+            model.inpaint(images[:2], np.ones((4, 4)), condition=condition[:2])
         with self.assertRaisesWithArgument(ValueError, "labels"):
-            i2i.model_img2img(model, images[:2], labels=[0, 5], condition=condition[:2])
+            model.img2img(images[:2], labels=[0, 5], condition=condition[:2])
 
     def test_runs_inside_tf_function(self):
         schedule = schedules.get("cosine")

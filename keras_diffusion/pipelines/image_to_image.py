@@ -6,11 +6,10 @@ Two levels:
   work with any model function `model_fn(x_t, t)` and any sampler of
   `keras_diffusion.samplers` (they only use the sampler's `sample` contract
   with explicit `timesteps`). They use `keras.ops` only.
-- `model_img2img(model, ...)` / `model_inpaint(model, ...)` do the same for a
-  `DiffusionModel` or a `LatentDiffusionModel` (labels, prompts, image
-  conditions and classifier-free guidance as in `generate`; a latent model
-  encodes the images with its VAE, samples in latent space and decodes).
-  `LatentDiffusionModel.img2img` / `.inpaint` call them.
+- `DiffusionModel.img2img(...)` / `.inpaint(...)` (and the latent model's)
+  run them through the generation runner (labels, prompts, image conditions
+  and classifier-free guidance as in `generate`; a latent model encodes the
+  images with its VAE, samples in latent space and decodes).
 
 **img2img** (Meng et al., 2022, SDEdit). The sampler's time grid (from
 `num_steps` / `spacing` or explicit `timesteps`) is computed as for
@@ -28,8 +27,8 @@ about `strength * num_steps` for the uniform grid.
 0 where they are known (diffusers' convention: white = repaint). The model
 function is wrapped so that before every evaluation at time t the known
 region of x_t is replaced by the known image noised to t,
-`schedule.add_noise(images, eps_t, t)`; the output's known region is the
-input. Because every prediction type is a per-pixel affine function of
+`schedule.add_noise(images, eps_t, t)` (`guidance.replace_known`); the
+output's known region is the input. Because every prediction type is a per-pixel affine function of
 (output, x_t), the sampler's update of the generated pixels is the same as if
 its own state had been replaced; only per-example operations across pixels
 (`dynamic_threshold`, the adaptive ODE solver's error norm) also see the
@@ -56,7 +55,7 @@ replacement method's own bias (RePaint's resampling reduces it at extra cost).
 
 **Conditional models** that take an image on channels (the UNet's
 "condition" input: super-resolution, inpainting-conditioned models) need no
-special sampler: pass `condition=` to `generate` / `model_img2img`.
+special sampler: pass `condition=` to `generate` / `img2img`.
 `inpainting_condition(images, mask)` and `upsample_condition(low_res, size)`
 build such conditions.
 
@@ -77,15 +76,12 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_diffusion import guidance
+from keras_diffusion import random as random_lib
 from keras_diffusion import samplers as samplers_lib
 from keras_diffusion import schedules as schedules_lib
-from keras_diffusion.samplers.sampler import step_noise
 from keras_diffusion.utils.images import to_float
 
-RENOISE_MODES = ("fresh", "fixed")
-# Stream indices of `step_noise` used here (the samplers use 0 .. N - 1).
-_START_NOISE_STEP = 1_000_003
-_FRESH_NOISE_OFFSET = 2_000_003
 
 
 # ----------------------------------------------------------------------
@@ -157,14 +153,6 @@ def _check_images(images, name="images"):
     return images
 
 
-def _check_renoise(renoise):
-    if renoise not in RENOISE_MODES:
-        raise ValueError(
-            f"`renoise` must be one of {list(RENOISE_MODES)}, received renoise={renoise!r}"
-        )
-    return renoise
-
-
 # ----------------------------------------------------------------------
 # The time grid
 # ----------------------------------------------------------------------
@@ -213,7 +201,7 @@ def _start(schedule, images, noise, t0):
 
 def _noise(noise, images, seed):
     if noise is None:
-        return step_noise(ops.shape(images), seed, _START_NOISE_STEP)
+        return random_lib.step_noise(ops.shape(images), seed, random_lib.IMG2IMG_NOISE)
     noise = ops.cast(ops.convert_to_tensor(noise), "float32")
     if tuple(noise.shape) != tuple(images.shape):
         raise ValueError(
@@ -267,8 +255,7 @@ def img2img(
     tail = strength_timesteps(sampler, schedule, strength, num_steps, timesteps, spacing)
     if tail.size == 0:
         return images
-    if seed is None:
-        seed = int(np.random.randint(0, 2**31 - 1))
+    seed = random_lib.check_seed(seed)
     eps = _noise(noise, images, seed)
     x_start = _start(schedule, images, eps, float(tail[0]))
     return sampler.sample(
@@ -279,32 +266,6 @@ def img2img(
         timesteps=tail,
         seed=seed,
     )
-
-
-def replace_known(model_fn, images, mask, schedule, noise, renoise="fresh", seed=0):
-    """Wraps `model_fn` so that the known region of x_t is the noised image.
-
-    `wrapped(x_t, t) = model_fn(mask * x_t + (1 - mask) * add_noise(images,
-    eps_t, t), t)`, with eps_t = `noise` (`renoise="fixed"`) or fresh noise
-    for each evaluation time (`"fresh"`, drawn statelessly from `seed` and
-    t). See the module docstring for which to use.
-    """
-    renoise = _check_renoise(renoise)
-    schedule = schedules_lib.get(schedule)
-
-    def known_at(t):
-        if renoise == "fixed":
-            eps = noise
-        else:
-            step = ops.cast(ops.round(t[0] * 1e6), "int32") + _FRESH_NOISE_OFFSET
-            eps = step_noise(ops.shape(images), seed, step)
-        return schedule.add_noise(images, eps, t)
-
-    def wrapped(x_t, t):
-        x_t = mask * x_t + (1.0 - mask) * ops.cast(known_at(t), x_t.dtype)
-        return model_fn(x_t, t)
-
-    return wrapped
 
 
 def inpaint(
@@ -344,11 +305,10 @@ def inpaint(
     check_strength(strength)
     images = _check_images(images)
     mask = check_mask(mask, images)
-    if seed is None:
-        seed = int(np.random.randint(0, 2**31 - 1))
+    seed = random_lib.check_seed(seed)
     eps = _noise(noise, images, seed)
     # img2img (SDEdit) with the known region replaced before every call.
-    wrapped = replace_known(model_fn, images, mask, schedule, eps, renoise, seed)
+    wrapped = guidance.replace_known(model_fn, images, mask, schedule, eps, renoise, seed)
     x0 = img2img(
         wrapped, images, sampler=sampler, schedule=schedule, prediction=prediction,
         strength=strength, num_steps=num_steps, timesteps=timesteps, spacing=spacing,
@@ -394,226 +354,3 @@ def inpainting_condition(images, mask):
     mask = check_mask(mask, images)
     mask = mask[..., :1] * ops.ones_like(images[..., :1])
     return ops.concatenate([images * (1.0 - mask), mask], axis=-1)
-
-
-# ----------------------------------------------------------------------
-# Model level
-# ----------------------------------------------------------------------
-def _check_prompts(text, text_encoder):
-    """Validates prompts for sampling; returns a list of str."""
-    if text_encoder is None:
-        raise ValueError(
-            "`text` was given but the model has no `text_encoder`; pass "
-            "text_encoder=... to the model"
-        )
-    if isinstance(text, (str, bytes)):
-        text = [text]
-    text = [t.decode() if isinstance(t, bytes) else t for t in list(text)]
-    if not text:
-        raise ValueError("`text` must hold at least one prompt, received text=[]")
-    for prompt in text:
-        if not isinstance(prompt, str):
-            raise ValueError(
-                f"`text` must be a list of strings, received a {type(prompt).__name__}: "
-                f"{prompt!r}"
-            )
-        if not prompt.strip():
-            raise ValueError(
-                f"`text` holds an empty prompt ({prompt!r}). To sample without a "
-                "prompt, leave `text` out (num_images=...) or use guidance_scale=0."
-            )
-    max_words = getattr(text_encoder, "max_words", None)
-    if max_words is not None:
-        import re
-
-        for prompt in text:
-            words = re.sub(r"[!\"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~']", "", prompt.lower()).split()
-            if len(words) > max_words:
-                raise ValueError(
-                    f"The prompt in `text` {prompt!r} has {len(words)} words, more than "
-                    f"the text encoder takes (sequence_length - 1 = {max_words})"
-                )
-    tokenize = getattr(text_encoder, "tokenize", None)
-    if max_words is None and tokenize is not None and hasattr(text_encoder, "max_length"):
-        tokenize(text)  # The SD CLIP tokenizer raises a ValueError itself.
-    return text
-
-
-def _conditions(model, num, labels, text, condition):
-    """Validated conditions for `model.model_fn` (numpy / tensors)."""
-    out = {"labels": None, "context": None, "condition": None}
-    if labels is not None:
-        if model.num_classes is None:
-            raise ValueError(
-                "`labels` were given but the model is unconditional (num_classes=None)"
-            )
-        labels = np.asarray(labels)
-        if labels.ndim == 0:
-            labels = np.full((num,), int(labels))
-        if labels.shape != (num,) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"`labels` must be {num} ints (one per image), received {labels.dtype} "
-                f"array of shape {labels.shape}"
-            )
-        if labels.min() < 0 or labels.max() >= model.num_classes:
-            raise ValueError(
-                f"`labels` must be in [0, {model.num_classes}), received values in "
-                f"[{labels.min()}, {labels.max()}]"
-            )
-        out["labels"] = labels.astype("int32")
-    if text is not None:
-        text = _check_prompts(text, model.text_encoder)
-        if len(text) == 1 and num > 1:
-            text = text * num
-        if len(text) != num:
-            raise ValueError(f"`text` has {len(text)} prompts for {num} images")
-        from keras_diffusion.models.diffusion_model import _string_tensor
-
-        out["context"] = ops.convert_to_numpy(model.encode_text(_string_tensor(text)))
-    if condition is not None:
-        encode = getattr(model, "encode_condition", None)
-        condition = encode(condition) if encode is not None else condition
-        condition = np.asarray(ops.convert_to_numpy(condition), "float32")
-        if model.condition_shape is None:
-            raise ValueError(
-                "`condition` was given but the model has no image condition "
-                "(condition_shape=None)"
-            )
-        if tuple(condition.shape[1:]) != tuple(model.condition_shape) or len(condition) != num:
-            raise ValueError(
-                f"`condition` must have shape ({num}, {tuple(model.condition_shape)}) "
-                f"(after encoding), received {condition.shape}"
-            )
-        out["condition"] = condition
-    return out
-
-
-def _model_edit(
-    model, images, mask, strength, labels, text, condition, sampler, num_steps,
-    guidance_scale, seed, timesteps, spacing, renoise, use_ema, jit_compile, clip,
-):
-    from keras_diffusion.models.diffusion_model import _get_sampler
-
-    if model.image_shape is None or model.denoiser is None:
-        raise ValueError(
-            "The model is not built: train it with fit() or pass `image_shape=` first"
-        )
-    if not model.built:
-        model.build(None)
-    strength = check_strength(strength)
-    pixels = _check_images(images)
-    if len(pixels.shape) != 4 and mask is not None:
-        raise ValueError(
-            f"`images` must have shape (batch, H, W, C), received {tuple(pixels.shape)}"
-        )
-    pixel_mask = None if mask is None else check_mask(mask, pixels)
-    num = int(pixels.shape[0])
-    encode = getattr(model, "encode_images", None)
-    x = encode(pixels) if encode is not None else pixels
-    if tuple(x.shape[1:]) != tuple(model.image_shape):
-        raise ValueError(
-            f"`images` of shape {tuple(pixels.shape[1:])} (without batch) do not match "
-            f"the model's {'pixel_shape' if encode else 'image_shape'}="
-            f"{getattr(model, 'pixel_shape', None) if encode else model.image_shape}"
-        )
-    x_mask = None
-    if pixel_mask is not None:
-        to_latent = getattr(model, "latent_mask", None)
-        x_mask = to_latent(pixel_mask) if to_latent is not None else pixel_mask
-    cond = _conditions(model, num, labels, text, condition)
-    sampler = _get_sampler(sampler, clip_denoised=clip and encode is None)
-    if seed is None:
-        seed = int(np.random.randint(0, 2**31 - 1))
-    seed = int(seed)
-    noise = np.random.default_rng(seed).standard_normal(tuple(x.shape)).astype("float32")
-    renoise = _check_renoise(renoise) if mask is not None else None
-    # The time grid is computed here, eagerly (numpy), not inside the graph.
-    tail = strength_timesteps(sampler, model.schedule, strength, num_steps, timesteps, spacing)
-    if tail.size == 0:
-        out = np.asarray(ops.convert_to_numpy(pixels), "float32")
-        return np.clip(out, -1.0, 1.0) if clip else out
-
-    def run(x, noise, x_mask, labels, context, cond_image):
-        model_fn = model.model_fn(
-            labels=labels, context=context, condition=cond_image, guidance_scale=guidance_scale
-        )
-        common = dict(
-            sampler=sampler, schedule=model.schedule, prediction=model.prediction,
-            strength=1.0, timesteps=tail, seed=seed, noise=noise,
-        )
-        if x_mask is None:
-            return img2img(model_fn, x, **common)
-        return inpaint(model_fn, x, x_mask, renoise=renoise, **common)
-
-    if jit_compile is None:
-        jit_compile = bool(model.jit_compile) if model.compiled else False
-    if keras.backend.backend() == "tensorflow" and not getattr(model, "run_eagerly", False):
-        import tensorflow as tf
-
-        run = tf.function(tf.autograph.experimental.do_not_convert(run), jit_compile=jit_compile)
-    with contextlib.ExitStack() as stack:
-        if use_ema:
-            stack.enter_context(model.ema_weights())
-        out = run(x, noise, x_mask, cond["labels"], cond["context"], cond["condition"])
-    decode = getattr(model, "decode_to_images", None)
-    out = decode(out) if decode is not None else out
-    out = np.asarray(ops.convert_to_numpy(out), "float32")
-    if pixel_mask is not None and decode is not None:
-        # Keep the known pixels exactly (the VAE round trip is lossy).
-        m = np.asarray(ops.convert_to_numpy(pixel_mask))
-        out = m * out + (1.0 - m) * np.asarray(ops.convert_to_numpy(pixels))
-    if clip:
-        out = np.clip(out, -1.0, 1.0)
-    return out
-
-
-def model_img2img(
-    model, images, strength=0.8, labels=None, text=None, condition=None, sampler="ddim",
-    num_steps=None, guidance_scale=1.0, seed=None, timesteps=None, spacing=None,
-    use_ema=True, jit_compile=None, clip=True,
-):
-    """img2img with a `DiffusionModel` / `LatentDiffusionModel`.
-
-    Args:
-        model: the model; a latent model encodes `images` with its VAE
-            (posterior mean) and decodes the result.
-        images: `(N, *pixel shape)` in [-1, 1] (uint8 rescaled).
-        strength: in [0, 1] (see `img2img`).
-        labels, text, condition: as for `generate` (one per image; a single
-            prompt is repeated).
-        sampler: a sampler or its name (default "ddim", deterministic).
-        num_steps, timesteps, spacing: the full time grid.
-        guidance_scale: classifier-free guidance scale.
-        seed: int seed (noise and stochastic samplers).
-        use_ema: sample with the optimizer's EMA weights when kept.
-        jit_compile: XLA for the sampling graph.
-        clip: clip the output to [-1, 1] (pixel models: also the sampler's
-            x0 estimates when `sampler` is a name).
-
-    Returns:
-        A numpy float32 array shaped like `images`.
-    """
-    return _model_edit(
-        model, images, None, strength, labels, text, condition, sampler, num_steps,
-        guidance_scale, seed, timesteps, spacing, "fresh", use_ema, jit_compile, clip,
-    )
-
-
-def model_inpaint(
-    model, images, mask, strength=1.0, labels=None, text=None, condition=None,
-    sampler="ddim", num_steps=None, guidance_scale=1.0, seed=None, timesteps=None,
-    spacing=None, renoise="fresh", use_ema=True, jit_compile=None, clip=True,
-):
-    """Inpainting with a `DiffusionModel` / `LatentDiffusionModel`.
-
-    `mask` (1 = generate, 0 = keep) is at pixel resolution; a latent model
-    max-pools it to the latent grid (a latent pixel is generated if any of
-    its pixels is), samples in latent space, decodes, and pastes the known
-    pixels back. Other arguments as for `model_img2img` and `inpaint`.
-    """
-    if mask is None:
-        raise ValueError("`mask` is required for inpainting, received mask=None")
-    return _model_edit(
-        model, images, mask, strength, labels, text, condition, sampler, num_steps,
-        guidance_scale, seed, timesteps, spacing, renoise, use_ema, jit_compile, clip,
-    )
