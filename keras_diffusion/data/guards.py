@@ -38,6 +38,8 @@ def assert_nonempty(dataset, message):
     Args:
         dataset: a `tf.data.Dataset` of (nested structures of) dense tensors.
         message: the error message: say which data is empty and why it may be.
+            TensorFlow would print its quotes backslash-escaped: they are
+            turned into backticks.
 
     Returns:
         A `tf.data.Dataset` with the same elements and element spec.
@@ -49,6 +51,7 @@ def assert_nonempty(dataset, message):
     """
     if not isinstance(message, str) or not message:
         raise ValueError(f"`message` must be a non-empty string. Received: message={message!r}")
+    message = message.replace("'", "`").replace('"', "`")
     sentinel = tf.nest.map_structure(_empty_like, dataset.element_spec)
     # Real elements get their index (>= 0); the sentinel appended at the end
     # gets -1. The second index is the position in the stream: the sentinel

@@ -183,6 +183,7 @@ def _check_first_records(files, file_pattern, keys, parse):
                 continue
         if not records:
             unreadable.append(f"{path} (no records)")
+            logger.warning("Skipping %s: no TFRecord records in it", path)
             continue
         _check_records(path, records, file_pattern, keys, parse)
         return

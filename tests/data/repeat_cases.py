@@ -50,6 +50,15 @@ def distributed(workdir):
     return _first(data.distribute_dataset(strategy, _nothing, 2, start_step=3))
 
 
+def empty_shard(workdir):
+    # One example, two input pipelines: the second gets nothing.
+    ds = tf.data.Dataset.from_tensor_slices({"images": _images(1)})
+    context = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2
+    )
+    return _first(data.prepare_dataset(ds, 2, input_context=context))
+
+
 def tfrecord_without_labels(workdir):
     # The reproduction, as training/lib/builders.py builds the
     # mnist config's source with data.name=tfrecord (labels=True).
@@ -97,6 +106,7 @@ CASES = [
     "filtered_unshuffled",
     "filtered_resumed",
     "distributed",
+    "empty_shard",
     "tfrecord_without_labels",
     "tfrecord_emptied_after_construction",
     "image_folder_all_corrupt_unvalidated",

@@ -51,6 +51,9 @@ class RepeatEmptyTest(TestCase):
             "yielded no example",
         )
 
+    def test_empty_shard_names_the_input_pipeline(self):
+        self.assertFails("empty_shard", "ValueError", "input pipeline 1 of 2", "is empty")
+
     def test_tfrecord_without_labels_names_pattern_and_key(self):
         self.assertFails(
             "tfrecord_without_labels", "ValueError", "digits-*", "label_key='label'",
