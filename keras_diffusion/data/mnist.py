@@ -108,9 +108,8 @@ def mnist_dataset(image_size=32, captions=False, labels=True, seed=0, dtype="uin
     """
     import tensorflow as tf
 
-    if image_size is not None and (
-        isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1
-    ):
+    is_int = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
+    if image_size is not None and (not is_int or image_size < 1):
         raise ValueError(
             f"`image_size` must be a positive int or None. Received: image_size={image_size!r}"
         )

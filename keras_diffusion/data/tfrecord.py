@@ -179,7 +179,9 @@ def _check_first_records(files, file_pattern, keys, parse):
         except tf.errors.OpError as e:
             if not records:
                 unreadable.append(f"{path} ({_error_text(e)})")
-                logger.warning("Skipping %s: not a readable TFRecord file (%s)", path, _error_text(e))
+                logger.warning(
+                    "Skipping %s: not a readable TFRecord file (%s)", path, _error_text(e)
+                )
                 continue
         if not records:
             unreadable.append(f"{path} (no records)")

@@ -70,6 +70,10 @@ class TFRecordKeysTest(TestCase):
         with self.assertRaisesWithArgument(ValueError, "typed.tfrecord", "label_key='label'"):
             data.tfrecord_dataset(path)
 
+    def test_bad_dtype(self):
+        with self.assertRaisesWithArgument(ValueError, "dtype", "float16"):
+            data.tfrecord_dataset(self.pattern, labels=False, dtype="float16")
+
     def test_right_keys_read_the_images(self):
         examples = list(data.tfrecord_dataset(self.pattern, labels=False))
         # Files in sorted order, records in file order (round-robin shards).
