@@ -199,54 +199,47 @@ def _check_first_records(files, file_pattern, keys, parse):
 
 
 def _check_records(path, records, file_pattern, keys, parse):
+    """One of `records` must have every key and parse, else a ValueError."""
     import tensorflow as tf
     from google.protobuf.message import DecodeError
 
-    present = None
-    errors = []
+    # Per record: (the missing keys, the features it has) or (None, why).
+    problems = []
     for record in records:
         try:
-            example = tf.train.Example.FromString(record.numpy())
+            features = sorted(tf.train.Example.FromString(record.numpy()).features.feature)
         except DecodeError:
-            errors.append("the record is not a serialized tf.train.Example")
-            continue
-        features = sorted(example.features.feature.keys())
+            features = []
         if not features:
-            errors.append("the record is not a tf.train.Example with features")
+            problems.append((None, "the records are not tf.train.Example protos"))
             continue
-        present = features if present is None else present
-        missing = [(arg, key) for arg, key in keys.items() if key not in features]
+        missing = [f"{arg}={key!r}" for arg, key in keys.items() if key not in features]
         if missing:
-            arg, key = missing[0]
-            errors.append(
-                f"no feature {arg}={key!r} (its features: {features})"
-            )
+            problems.append((missing, features))
             continue
         try:
             parse(record)
+            return
         except tf.errors.OpError as e:
-            errors.append(
-                "its features do not parse or decode with "
+            problems.append((
+                None,
+                "their features do not parse or decode with "
                 + ", ".join(f"{k}={v!r}" for k, v in keys.items())
-                + f": {_error_text(e)}"
-            )
-            continue
-        return
-    missing = [
-        f"{arg}={key!r}" for arg, key in keys.items()
-        if present is not None and key not in present
-    ]
-    if present is not None and missing and all(e.startswith("no feature") for e in errors):
+                + f": {_error_text(e)}",
+            ))
+    if all(missing is not None for missing, _ in problems):
+        missing, features = problems[0]
         hint = ""
-        if "label_key" in keys and f"label_key={keys['label_key']!r}" in missing:
+        if f"label_key={keys.get('label_key')!r}" in missing:
             hint = " For unlabelled data pass `labels=False`."
         raise ValueError(
             f"The TFRecord files matching file_pattern={file_pattern!r} have no "
             f"feature {', '.join(missing)}: the first {len(records)} record(s) of "
-            f"{path} have the features {present}. Pass the feature names the "
+            f"{path} have the features {features}. Pass the feature names the "
             f"files use.{hint}"
         )
+    why = next(text for missing, text in problems if missing is None)
     raise ValueError(
         f"None of the first {len(records)} record(s) of {path} (matching "
-        f"file_pattern={file_pattern!r}) gives an example: {errors[0]}"
+        f"file_pattern={file_pattern!r}) gives an example: {why}"
     )

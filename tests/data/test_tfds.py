@@ -56,7 +56,9 @@ class TFDSKeysAndSplitsTest(TestCase):
         super().tearDownClass()
 
     def test_reads_images_and_labels(self):
-        examples = list(data.tfds_dataset(NAME, data_dir=self.data_dir, download=False))
+        ds = data.tfds_dataset(NAME, data_dir=self.data_dir, download=False)
+        self.assertEqual(int(ds.cardinality()), 4)
+        examples = list(ds)
         self.assertEqual(sorted(int(e["labels"]) for e in examples), [0, 1, 2, 3])
         for e in examples:
             self.assertEqual(e["images"].shape, (8, 8, 1))
