@@ -2,6 +2,9 @@
 
 Sources yield unbatched dicts `{"images", "labels"?, "text"?}`;
 `prepare_dataset` shuffles, augments, scales to [-1, 1] and batches them.
+Data that yields nothing is an error, never a silent end or an endless
+repeat: each source checks its input when it is made and `assert_nonempty`
+fails a pass over the data that yields no example.
 
 Example:
 >>> ds = keras_diffusion.data.mnist_dataset(image_size=32)
@@ -33,6 +36,7 @@ _LAZY = {
     "tfds_dataset": "tfds",
     "check_tfds_available": "tfds",
     "DatasetUnavailableError": "tfds",
+    "assert_nonempty": "guards",
 }
 
 __all__ = sorted(_LAZY)

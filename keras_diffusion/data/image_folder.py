@@ -56,10 +56,17 @@ def list_images(directory, labels="inferred"):
     index = {name: i for i, name in enumerate(class_names)}
     kept, label_indices = [], []
     for path in paths:
-        top = os.path.relpath(path, directory).split(os.sep)[0]
-        if top in index:
+        parts = os.path.relpath(path, directory).split(os.sep)
+        if len(parts) > 1 and parts[0] in index:
             kept.append(path)
-            label_indices.append(index[top])
+            label_indices.append(index[parts[0]])
+    if not kept:
+        raise ValueError(
+            f"No images in the class subfolders {class_names} of "
+            f"directory={directory!r} (labels='inferred' reads one subfolder "
+            f"per class; the {len(paths)} images found are outside them). Pass "
+            "labels=None to read them unlabelled."
+        )
     return kept, label_indices, class_names
 
 
@@ -160,9 +167,17 @@ def image_folder_dataset(
     Returns:
         A `tf.data.Dataset` of `{"images", "labels"?, "text"?}`; its
         `class_names` and `skipped_files` attributes are set.
+
+    Raises:
+        FileNotFoundError: `directory` does not exist.
+        ValueError: it holds no image (in the class subfolders, with labels
+            `"inferred"`), or, with `validate`, no readable one. With
+            `validate=False`, a pass that yields no image raises
+            `tf.errors.InvalidArgumentError` naming `directory`.
     """
     import tensorflow as tf
 
+    from keras_diffusion.data.guards import assert_nonempty
     from keras_diffusion.data.pipeline import resize_image
     from keras_diffusion.data.pipeline import to_float_images
 
@@ -182,7 +197,10 @@ def image_folder_dataset(
             if texts is not None:
                 texts = [texts[i] for i in keep]
         if not paths:
-            raise ValueError(f"Every image in directory={directory!r} is unreadable.")
+            raise ValueError(
+                f"Every image in directory={directory!r} is unreadable "
+                f"({len(skipped)} files, e.g. {skipped[:3]})."
+            )
     features = {"path": paths}
     if label_indices is not None:
         features["labels"] = tf.constant(label_indices, tf.int32)
@@ -202,6 +220,12 @@ def image_folder_dataset(
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # A file that became unreadable after validation is skipped, not fatal.
     ds = ds.ignore_errors(log_warning=True)
+    ds = assert_nonempty(
+        ds,
+        f"None of the {len(paths)} images in directory={directory!r} could be "
+        f"read and decoded with channels={channels} (validate={validate}): every "
+        "one was skipped (the errors are logged as warnings).",
+    )
     ds.class_names = class_names
     ds.skipped_files = skipped
     return ds

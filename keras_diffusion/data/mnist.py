@@ -108,7 +108,13 @@ def mnist_dataset(image_size=32, captions=False, labels=True, seed=0, dtype="uin
     """
     import tensorflow as tf
 
+    is_int = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
+    if image_size is not None and (not is_int or image_size < 1):
+        raise ValueError(
+            f"`image_size` must be a positive int or None. Received: image_size={image_size!r}"
+        )
     images, digit_labels = load_mnist()
+
     images = pad_or_resize(images, image_size)
     if dtype == "float32":
         images = images.astype(np.float32) / 127.5 - 1.0

@@ -16,6 +16,8 @@ This module is TensorFlow-only.
 
 import tensorflow as tf
 
+from keras_diffusion.data.guards import assert_nonempty
+
 IMAGES = "images"
 LABELS = "labels"
 TEXT = "text"
@@ -136,6 +138,15 @@ def prepare_dataset(
 
     Returns:
         A `tf.data.Dataset` of batched dicts.
+
+    Raises:
+        ValueError: `dataset` is known to be empty (its cardinality is 0), or
+            `repeat=False` and it is known to give no batch.
+
+    An input that yields nothing is an error, never an endless repeat: a
+    pass over the data (an epoch, on each input pipeline) that yields no
+    example raises `tf.errors.InvalidArgumentError` when the stream is read,
+    and so does a `repeat=False` stream that gives no batch.
     """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
@@ -144,7 +155,12 @@ def prepare_dataset(
     dataset = dataset.map(_as_dict)
     # Examples this pipeline consumes per global step.
     examples_per_step = batch_size
+    where = "the dataset passed to `prepare_dataset`"
     if input_context is not None:
+        where = (
+            f"input pipeline {input_context.input_pipeline_id} of "
+            f"{input_context.num_input_pipelines} (its shard of the data)"
+        )
         examples_per_step = batch_size // input_context.num_input_pipelines
         # Each replica takes its own consecutive batch from its pipeline.
         batch_size = input_context.get_per_replica_batch_size(batch_size)
@@ -152,6 +168,9 @@ def prepare_dataset(
             dataset = dataset.shard(
                 input_context.num_input_pipelines, input_context.input_pipeline_id
             )
+    _check_cardinality(
+        dataset, where, batch_size, repeat, drop_remainder, start_step * examples_per_step
+    )
     if cache:
         dataset = dataset.cache()
     # Epoch e is shuffled in windows of `shuffle_buffer` examples, each
@@ -160,6 +179,12 @@ def prepare_dataset(
     # stateful `shuffle(reshuffle_each_iteration=True)` depends on that, so a
     # resumed run would see other batches).
     base = dataset
+    empty = (
+        f"{where} yielded no example in a pass over the data: repeating it "
+        "would never produce a batch. Its source may be empty, or may have "
+        "dropped every example as unreadable (wrong feature keys, corrupt "
+        "files): see the warnings logged before this error."
+    )
 
     def permute(window, examples):
         n = tf.shape(tf.nest.flatten(examples)[0])[0]
@@ -169,8 +194,9 @@ def prepare_dataset(
 
     def epoch(e):
         if not shuffle_buffer:
-            return base
-        windows = base.batch(shuffle_buffer).enumerate()
+            return assert_nonempty(base, empty)
+        # Checking the windows of an epoch is checking the epoch, and cheaper.
+        windows = assert_nonempty(base.batch(shuffle_buffer), empty).enumerate()
         windows = windows.map(lambda w, x: permute(e * 1_000_003 + w, x))
         return windows.unbatch()
 
@@ -198,9 +224,40 @@ def prepare_dataset(
         transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if not repeat:
+        dataset = assert_nonempty(
+            dataset,
+            f"{where} gave no batch of {batch_size} in one pass (repeat=False, "
+            f"drop_remainder={drop_remainder}, start_step={start_step}): it has "
+            "fewer examples than that.",
+        )
     if prefetch:
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset
+
+
+def _check_cardinality(dataset, where, batch_size, repeat, drop_remainder, skipped):
+    """Fails now when the (sharded) source is known to give no batch.
+
+    `skipped`: the examples `start_step` skips.
+    """
+    if not tf.executing_eagerly():
+        return
+    count = int(dataset.cardinality())
+    if count == 0:
+        raise ValueError(
+            f"{where} is empty (cardinality 0): there is nothing to train on."
+        )
+    if count < 0 or repeat:  # unknown or infinite, or repeated: enough
+        return
+    left = max(count - skipped, 0)
+    batches = left // batch_size if drop_remainder else -(-left // batch_size)
+    if not batches:
+        raise ValueError(
+            f"{where} gives no batch of {batch_size} in one pass (repeat=False, "
+            f"drop_remainder={drop_remainder}): it has {count} examples, "
+            f"{left} of them after the {skipped} that `start_step` skips."
+        )
 
 
 def distribute_dataset(strategy, dataset_fn, batch_size, **kwargs):

@@ -83,10 +83,31 @@ def tfds_dataset(
     Raises:
         DatasetUnavailableError: the dataset is not on disk and cannot be
             downloaded (e.g. no network), with the steps to fix it.
+        ValueError: `image_key` or `label_key` is not one of its features, or
+            `split` is unknown or empty.
     """
     import tensorflow as tf
 
     builder = check_tfds_available(name, data_dir=data_dir, download=download)
+    features = list(getattr(builder.info.features, "keys", list)())
+    for arg, key in (("image_key", image_key), ("label_key", label_key)):
+        if key and features and key not in features:
+            raise ValueError(
+                f"{arg}={key!r} is not a feature of tensorflow-datasets dataset "
+                f"{name!r}; its features: {features}"
+            )
+    try:
+        num_examples = builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+        raise ValueError(
+            f"Unknown split={split!r} of tensorflow-datasets dataset {name!r}; "
+            f"its splits: {list(builder.info.splits.keys())} ({e})"
+        ) from e
+    if num_examples == 0:
+        raise ValueError(
+            f"split={split!r} of tensorflow-datasets dataset {name!r} is empty "
+            f"(in {builder.data_dir!r})."
+        )
     ds = builder.as_dataset(split=split, shuffle_files=False)
 
     def to_dict(example):
@@ -95,4 +116,6 @@ def tfds_dataset(
             out["labels"] = tf.cast(example[label_key], tf.int32)
         return out
 
+    # The split's size is known (checked above): the dataset keeps it as
+    # its cardinality.
     return ds.map(to_dict)

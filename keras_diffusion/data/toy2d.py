@@ -14,6 +14,11 @@ def toy2d_points(name="gaussian_mixture", num_points=4096, seed=0):
         num_points: how many.
         seed: numpy seed.
     """
+    is_int = isinstance(num_points, (int, np.integer)) and not isinstance(num_points, bool)
+    if not is_int or num_points < 1:
+        raise ValueError(
+            f"`num_points` must be a positive int. Received: num_points={num_points!r}"
+        )
     rng = np.random.default_rng(seed)
     if name == "gaussian_mixture":
         angles = 2 * np.pi * rng.integers(0, 8, num_points) / 8

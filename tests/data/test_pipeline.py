@@ -43,6 +43,45 @@ class PipelineTest(TestCase):
         labels = np.concatenate([b["labels"].numpy() for b in batches])[:10]
         self.assertEqual(sorted(labels.tolist()), list(range(10)))
 
+    def test_stream_unchanged_by_the_empty_data_checks(self):
+        # Golden values: the labels and flips this stream gave before the
+        # checks for empty data were added (they must not change it).
+        images = _images(10)
+        ds = tf.data.Dataset.from_tensor_slices({"images": images, "labels": np.arange(10)})
+        stream = data.prepare_dataset(ds, 4, seed=3, random_flip=True)
+        batches = [b for b, _ in zip(stream, range(6))]
+        labels = np.concatenate([b["labels"].numpy() for b in batches])
+        self.assertEqual(
+            labels.tolist(),
+            [7, 5, 4, 0, 6, 8, 2, 9, 3, 1, 7, 5, 6, 8, 9, 3, 0, 2, 1, 4, 6, 8, 9, 1],
+        )
+        source = images.astype(np.float32) / 127.5 - 1.0
+        flips = [1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0]
+        got = np.concatenate([b["images"].numpy() for b in batches])
+        for image, label, flip in zip(got, labels, flips):
+            self.assertAllClose(image, source[label][:, ::-1] if flip else source[label])
+        resumed = data.prepare_dataset(ds, 4, seed=3, shuffle_buffer=4, start_step=2)
+        labels = np.concatenate([b["labels"].numpy() for b, _ in zip(resumed, range(6))])
+        self.assertEqual(
+            labels.tolist(),
+            [9, 8, 3, 0, 2, 1, 4, 5, 7, 6, 9, 8, 1, 0, 3, 2, 6, 5, 4, 7, 8, 9, 2, 0],
+        )
+
+    def test_one_pass_that_gives_no_batch(self):
+        ds = tf.data.Dataset.from_tensor_slices({"images": _images(3)})
+        with self.assertRaisesWithArgument(ValueError, "no batch of 4", "3 examples"):
+            data.prepare_dataset(ds, 4, repeat=False)
+        with self.assertRaisesWithArgument(ValueError, "no batch of 2", "start_step"):
+            data.prepare_dataset(ds, 2, repeat=False, drop_remainder=False, start_step=2)
+        # Unknown cardinality: the error comes when the stream is read.
+        filtered = ds.filter(lambda x: True)
+        stream = data.prepare_dataset(filtered, 4, repeat=False)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "no batch of 4"):
+            list(stream)
+        # A partial batch is a batch.
+        (batch,) = list(data.prepare_dataset(filtered, 4, repeat=False, drop_remainder=False))
+        self.assertEqual(batch["images"].shape, (3, 8, 8, 3))
+
     def test_tuples_resize_and_center_crop(self):
         images = np.zeros((2, 8, 12, 3), np.uint8)
         images[:, :, 2:10] = 255  # the centred 8x8 square is white
