@@ -72,7 +72,8 @@ def checkpoint_values(workdir, step):
 
     prefix = os.path.join(workdir, "checkpoints", f"ckpt-{step}")
     reader = tf.train.load_checkpoint(prefix)
-    names = [n for n, _ in tf.train.list_variables(prefix) if n.startswith(("model/", "optimizer/"))]
+    names = [n for n, _ in tf.train.list_variables(prefix)
+             if n.startswith(("model/", "optimizer/"))]
     return {n: reader.get_tensor(n) for n in names}
 
 
@@ -152,7 +153,6 @@ def kill_and_resume(workdir, kills, rng):
     kinds = ["startup", "step", "checkpoint"]
     records = []
     first = True
-    reached = 0  # steps done before the latest kill
     while len(records) < kills:
         kind = kinds[len(records) % 3] if len(records) < 3 else rng.choice(kinds)
         record = killed_run(workdir, first, kind, rng)
@@ -162,13 +162,6 @@ def kill_and_resume(workdir, kills, rng):
         record["config_written"] = not first
         if "error" in record:
             raise RuntimeError(f"Run failed (not killed): {record['error']}")
-        if records:
-            previous = records[-1]
-            resumed = record["resumed_from"]
-            if resumed is not None:
-                previous["next_resumed_from"] = resumed
-                previous["steps_lost"] = reached - resumed
-        reached = max(record["last_step_logged"] or 0, record["resumed_from"] or reached)
         records.append(record)
         print(f"kill {len(records)}/{kills}: {kind}, resumed from {record['resumed_from']}, "
               f"last step {record['last_step_logged']}, killed {record['killed']}, "
@@ -179,9 +172,27 @@ def kill_and_resume(workdir, kills, rng):
     if code:
         raise RuntimeError(out[-3000:])
     match = RESUME.search(out)
-    if match and records:
-        records[-1]["next_resumed_from"] = int(match.group(1))
-        records[-1]["steps_lost"] = reached - int(match.group(1))
+    return steps_lost(records, int(match.group(1)) if match else None)
+
+
+def steps_lost(records, final_resume):
+    """Adds `next_resumed_from` and `steps_lost` to each kill's record.
+
+    A kill loses the steps its run had done (its last logged step, or the
+    step it resumed from) beyond the step the next run that got as far as
+    resuming restarts from. A run killed before it resumed lost nothing.
+    """
+    resumes = [r["resumed_from"] for r in records[1:]] + [final_resume]
+    for i, record in enumerate(records):
+        later = [x for x in resumes[i:] if x is not None]
+        record["next_resumed_from"] = later[0] if later else None
+        done = record["last_step_logged"]
+        if done is None:
+            done = record["resumed_from"]
+        if done is None or record["next_resumed_from"] is None:
+            record["steps_lost"] = 0
+        else:
+            record["steps_lost"] = max(done - record["next_resumed_from"], 0)
     return records
 
 
@@ -276,7 +287,7 @@ def training_half(root, kills, seed, cases=None):
     killed = os.path.join(root, "killed")
     records = kill_and_resume(killed, kills, rng)
     equal = bitwise_equal(reference_values, checkpoint_values(killed, TOTAL_STEPS))
-    lost = [r["steps_lost"] for r in records if "steps_lost" in r]
+    lost = [r["steps_lost"] for r in records]
     corruption = corruption_cases(reference, root, reference_values, cases)
     return {
         "total_steps": TOTAL_STEPS,
@@ -339,6 +350,13 @@ def write_markdown(results, path):
         f"**{'met' if t['steps_lost_within_one_interval'] else 'NOT met'}**.",
         f"- Final weights equal the unkilled run's bitwise: "
         f"**{t['final_weights_bitwise_equal']}**.",
+        "- Moments: `startup` is a random delay after launch (before the first "
+        "step, so nothing to lose), `step` a random step within the next two "
+        "intervals, `checkpoint` 0-30 ms after the log line of a checkpoint step "
+        "(the save starts right after it). A kill there loses the interval when the "
+        "save had not finished. The toy checkpoint is written in milliseconds, and "
+        "no kill left a partial write (`ckpt-N_temp/` or unlisted files, last "
+        "column); the leftover-folder case below covers that state.",
         "",
         "## Training: a damaged newest checkpoint, rerun with `--workdir` alone",
         "",

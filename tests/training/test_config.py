@@ -163,7 +163,8 @@ class ResumeOverridesTest(TestCase):
             f.write("x")
         workdir = os.path.join(blocker, "run")
         for mode in ("train", "eval"):
-            with self.assertRaisesRegex(config_lib.ConfigError, f"workdir='{workdir}' is not writable"):
+            with self.assertRaisesRegex(config_lib.ConfigError,
+                                        f"workdir='{workdir}' is not writable"):
                 Experiment.create(get_config("toy2d"), workdir, mode)
         # An existing workdir whose checkpoints folder cannot take files.
         workdir = self.get_temp_dir()
