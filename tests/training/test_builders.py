@@ -8,10 +8,10 @@ import tensorflow as tf
 
 import keras_diffusion
 from keras_diffusion.testing import TestCase
-from training import train as train_lib
 from training.configs import latent_dit_flow
 from training.configs import sd_lora
 from training.lib import builders
+from training.lib.experiment import Experiment
 
 
 def write_pngs(folder, num=8, size=16):
@@ -61,15 +61,16 @@ class LatentBuilderTest(TestCase):
         folder = os.path.join(workdir, "images")
         write_pngs(folder)
         config = tiny_latent_config(folder)
-        config, strategy = train_lib.setup(config, workdir, "train", "default")
-        model, _ = train_lib.train(config, strategy, workdir)
+        experiment = Experiment.create(config, workdir, "train")
+        experiment.train()
+        model = experiment.model
         self.assertIsInstance(model, keras_diffusion.LatentDiffusionModel)
         self.assertIsInstance(model.denoiser, keras_diffusion.models.DiT)
         self.assertEqual(model.pixel_shape, (16, 16, 3))
         self.assertEqual(int(model.optimizer.iterations.numpy()), 2)
-        images = train_lib.sample(config, strategy, workdir)
+        images = experiment.sample()
         self.assertEqual(images.shape, (2, 16, 16, 3))
-        metrics = train_lib.evaluate(config, strategy, workdir)
+        metrics = experiment.evaluate()
         self.assertTrue(np.isfinite(metrics["fid"]))
         with open(os.path.join(workdir, "eval", "metrics.json")) as f:
             self.assertIn("kid", json.load(f))

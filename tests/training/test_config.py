@@ -122,3 +122,58 @@ def test_cli_rejects_bad_input_before_compute(tmp_path):
     assert proc.returncode != 0
     assert "different config" in proc.stderr and "model.prediction" in proc.stderr
     assert not (workdir / "checkpoints").exists()
+
+
+class ResumeOverridesTest(TestCase):
+    """`--workdir` alone with `--config.KEY=VALUE` (issue 13, finding 6)."""
+
+    def _workdir(self):
+        workdir = self.get_temp_dir()
+        config_lib.write(config_lib.validate(get_config("toy2d")), workdir)
+        return workdir
+
+    def test_changeable_keys_override_the_workdir_config(self):
+        workdir = self._workdir()
+        config, saved = config_lib.resolve(
+            None, workdir, overrides={"train.num_steps": 4000, "sample.num_steps": 7,
+                                      "export.sampler": "ddim"})
+        self.assertTrue(saved)
+        self.assertEqual(config.train.num_steps, 4000)
+        self.assertEqual(config.sample.num_steps, 7)
+        self.assertEqual(config.export.sampler, "ddim")
+        self.assertEqual(config.optim.lr, get_config("toy2d").optim.lr)
+
+    def test_other_keys_are_an_error_naming_the_key(self):
+        workdir = self._workdir()
+        with self.assertRaisesRegex(config_lib.ConfigError,
+                                    r"--config\.optim\.lr cannot change.*train\.num_steps"):
+            config_lib.resolve(None, workdir, overrides={"optim.lr": 0.5})
+        config, _ = config_lib.resolve(None, workdir, allow_change=True,
+                                       overrides={"optim.lr": 0.5})
+        self.assertEqual(config.optim.lr, 0.5)
+        with self.assertRaisesRegex(config_lib.ConfigError, "train.num_stepz"):
+            config_lib.resolve(None, workdir, overrides={"train.num_stepz": 5})
+
+    def test_workdir_that_cannot_be_written_fails_at_start(self):
+        from training.lib.experiment import Experiment
+
+        # A path below a regular file (chmod does not stop root, which CI may be).
+        blocker = os.path.join(self.get_temp_dir(), "a_file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        workdir = os.path.join(blocker, "run")
+        for mode in ("train", "eval"):
+            with self.assertRaisesRegex(config_lib.ConfigError,
+                                        f"workdir='{workdir}' is not writable"):
+                Experiment.create(get_config("toy2d"), workdir, mode)
+        # An existing workdir whose checkpoints folder cannot take files.
+        workdir = self.get_temp_dir()
+        os.makedirs(os.path.join(workdir, "checkpoints"))
+        os.chmod(os.path.join(workdir, "checkpoints"), 0o500)
+        try:
+            if os.access(os.path.join(workdir, "checkpoints"), os.W_OK):
+                return  # root: permission bits do not apply
+            with self.assertRaisesRegex(config_lib.ConfigError, "checkpoints"):
+                Experiment.create(get_config("toy2d"), workdir, "train")
+        finally:
+            os.chmod(os.path.join(workdir, "checkpoints"), 0o700)

@@ -9,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 from keras_diffusion.testing import TestCase
-from training import train as train_lib
 from training.configs import mnist
 from training.configs import toy2d
+from training.lib.experiment import Experiment
+from training.lib.experiment import run
 
 
 def read_events(logdir):
@@ -49,12 +50,12 @@ def tiny_toy_config(num_steps=20):
 
 class TrainLoopTest(TestCase):
     def _run(self, mode, config, workdir):
-        config, strategy = train_lib.setup(config, workdir, mode, "default")
-        return train_lib.MODES[mode](config, strategy, workdir)
+        experiment = Experiment.create(config, workdir, mode)
+        return experiment, run(experiment, mode)
 
     def test_train_resume_eval_sample(self):
         workdir = self.get_temp_dir()
-        model, monitor = self._run("train", tiny_toy_config(20), workdir)
+        _, monitor = self._run("train", tiny_toy_config(20), workdir)
         ckpts = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
         self.assertTrue(ckpts.model_checkpoint_path.endswith("ckpt-20"))
         self.assertTrue(os.path.exists(os.path.join(workdir, "config.json")))
@@ -67,9 +68,9 @@ class TrainLoopTest(TestCase):
         self.assertIn("seed", events["config"][0][1].item().decode())
         # Resuming with more steps continues from step 20, keeping the last 2.
         config = tiny_toy_config(40)
-        model, monitor = self._run("train", config, workdir)
+        experiment, monitor = self._run("train", config, workdir)
         self.assertEqual([s for s, _ in monitor.history], [25, 30, 35, 40])
-        self.assertEqual(int(model.optimizer.iterations.numpy()), 40)
+        self.assertEqual(int(experiment.optimizer.iterations.numpy()), 40)
         ckpts = tf.train.get_checkpoint_state(os.path.join(workdir, "checkpoints"))
         self.assertEqual(
             [os.path.basename(p) for p in ckpts.all_model_checkpoint_paths],
@@ -78,7 +79,7 @@ class TrainLoopTest(TestCase):
         # Finished: another call trains nothing.
         _, monitor = self._run("train", None, workdir)
         self.assertIsNone(monitor)
-        metrics = self._run("eval", None, workdir)
+        _, metrics = self._run("eval", None, workdir)
         self.assertTrue(np.isfinite(metrics["loss"]))
         with open(os.path.join(workdir, "eval", "metrics.json")) as f:
             record = json.load(f)
@@ -92,7 +93,7 @@ class TrainLoopTest(TestCase):
         events = read_events(os.path.join(workdir, "tensorboard"))
         for tag in ("eval/loss", "eval/fid", "eval/kid", "eval/bpd"):
             self.assertEqual([s for s, _ in events[tag]], [40])
-        samples = self._run("sample", None, workdir)
+        _, samples = self._run("sample", None, workdir)
         self.assertEqual(samples.shape, (64, 2))
         self.assertTrue(os.path.exists(os.path.join(workdir, "samples", "samples_step40.npz")))
 
@@ -101,7 +102,7 @@ class TrainLoopTest(TestCase):
         config = tiny_toy_config(10)
         config.eval.feature_extractor = os.path.join(workdir, "no_classifier.keras")
         with self.assertRaisesRegex(FileNotFoundError, "eval.feature_extractor"):
-            train_lib.setup(config, workdir, "eval", "default")
+            Experiment.create(config, workdir, "eval")
 
     @pytest.mark.slow  # builds a UNet and traces the sampler twice
     def test_conditional_images_with_sample_grid(self):
@@ -127,6 +128,6 @@ class TrainLoopTest(TestCase):
         self.assertEqual(step, 4)
         grid = tf.io.decode_png(value[2]).numpy()  # [width, height, png]
         self.assertEqual(grid.shape, (8, 80, 1))  # one row of the 10 digits
-        images = self._run("sample", None, workdir)
+        _, images = self._run("sample", None, workdir)
         self.assertEqual(images.shape, (10, 8, 8, 1))
         self.assertTrue(os.path.exists(os.path.join(workdir, "samples", "samples_step4.png")))

@@ -123,7 +123,9 @@ def get_base_config():
     ev.bpd_num_steps = 0
 
     config.export = ex = ml_collections.ConfigDict()
-    ex.sampler = "ddim"  # num_steps and guidance_scale are inputs of the SavedModel
+    # DPM-Solver++ (2M), as keras_diffusion.export's default and the README;
+    # num_steps and guidance_scale are inputs of the SavedModel.
+    ex.sampler = "dpm_solver"
 
     config.distribution = dist = ml_collections.ConfigDict()
     # Logical CPU devices for --strategy=mirrored on a machine without GPUs.

@@ -8,10 +8,16 @@ import ml_collections
 from training.configs.base import get_base_config
 
 CONFIG_FILE = "config.json"
-# Keys a resumed run may change without --allow_config_change.
+# Keys a resumed run may change without --allow_config_change (a trailing
+# "." means every key under it). The README's "Set-up" section lists them.
 CHANGEABLE = ("train.num_steps", "train.log_every", "train.sample_every",
-              "train.num_sample_images", "sample.", "eval.", "export.",
-              "distribution.")
+              "train.num_sample_images", "train.keep_checkpoints", "sample.", "eval.",
+              "export.", "distribution.")
+
+
+def is_changeable(key):
+    """Whether a resumed run may change config key `key` (e.g. "train.num_steps")."""
+    return any(key == c or (c.endswith(".") and key.startswith(c)) for c in CHANGEABLE)
 
 
 class ConfigError(ValueError):
@@ -97,8 +103,42 @@ def _diff(a, b, prefix=""):
     return out
 
 
-def resolve(config, workdir, allow_change=False):
+def apply_overrides(config, overrides):
+    """`config` with `overrides` ({"train.num_steps": 3000, ...}) set.
+
+    A key that is not in the config is a `ConfigError` naming it.
+    """
+    config = _from_dict(to_dict(config))
+    for key, value in overrides.items():
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, (ml_collections.ConfigDict, dict)) or (
+                part not in node and not _is_free_form(".".join(parts[:i]))
+            ):
+                raise ConfigError(
+                    f"Unknown config key {key!r} in --config.{key}={value!r}. Valid keys "
+                    "are those of training/configs/base.py (typo?)."
+                )
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+    return config
+
+
+def resolve(config, workdir, allow_change=False, overrides=None):
     """The config to run: `config` checked against the workdir's, or the workdir's.
+
+    Args:
+        config: the `--config` file's config (its overrides applied), or
+            None to read the workdir's `config.json`.
+        workdir: the run's directory.
+        allow_change: whether `config` may differ from the workdir's in keys
+            that are not `CHANGEABLE` (`--allow_config_change`).
+        overrides: with `config=None`, the `--config.KEY=VALUE` values
+            ({"train.num_steps": 3000}) to set on the workdir's config. Each
+            must be `CHANGEABLE` unless `allow_change`; otherwise a
+            `ConfigError` names the key.
 
     Returns `(config, saved)`: `saved` is whether the workdir already has it.
     """
@@ -114,10 +154,20 @@ def resolve(config, workdir, allow_change=False):
                 "pass --config=training/configs/<name>.py"
             )
         config = _from_dict(saved)
+        if overrides:
+            fixed = [k for k in overrides if not is_changeable(k)]
+            if fixed and not allow_change:
+                raise ConfigError(
+                    f"--config.{fixed[0]} cannot change when resuming workdir={workdir!r}: "
+                    f"{fixed} would change the model, the data or the optimization that "
+                    "its checkpoints belong to. Keys that may change: "
+                    f"{[c + '*' if c.endswith('.') else c for c in CHANGEABLE]}. Start a "
+                    "new --workdir, or pass --allow_config_change."
+                )
+            config = apply_overrides(config, overrides)
     validate(config)
     if saved is not None:
-        changed = [k for k in _diff(saved, to_dict(config))
-                   if not any(k == c or (c.endswith(".") and k.startswith(c)) for c in CHANGEABLE)]
+        changed = [k for k in _diff(saved, to_dict(config)) if not is_changeable(k)]
         if changed and not allow_change:
             raise ConfigError(
                 f"workdir={workdir!r} holds a run with a different config (changed keys: "

@@ -8,6 +8,7 @@ on a few held-out batches.
 
 import math
 import os
+import time
 
 import numpy as np
 from absl import logging
@@ -98,12 +99,19 @@ def sample_quality(model, config, workdir, extractor):
     if num < e.num_samples:
         logging.warning("The eval data has %d examples (< eval.num_samples=%d): FID/KID "
                         "over %d.", num, e.num_samples, num)
+    sampler, steps = e.sampler or s.sampler, e.sample_steps or s.num_steps
+    start = time.time()
+    logging.info("FID/KID: generating %d samples (%s, %d steps) and comparing their %s "
+                 "features with %d real examples.", num, sampler, steps,
+                 extractor.name, num)
     generated = model.generate(
         num, labels=monitor_lib.sample_labels(config, num), text=texts,
-        sampler=e.sampler or s.sampler, num_steps=e.sample_steps or s.num_steps,
+        sampler=sampler, num_steps=steps,
         guidance_scale=e.guidance_scale if e.guidance_scale >= 0 else s.guidance_scale,
         seed=s.seed, batch_size=min(s.batch_size, num), use_ema=False, verbose=0,
     )
+    logging.info("FID/KID: %d samples generated in %.0f s; computing features.", num,
+                 time.time() - start)
     from keras_diffusion.metrics import compute_statistics
     from keras_diffusion.metrics import frechet_distance
     from keras_diffusion.metrics import kernel_inception_distance
@@ -151,7 +159,10 @@ def bits_per_dim(model, config):
     decoder = "discretized" if image_data else "gaussian"
     values = []
     unconditional = None
+    start = time.time()
     for i, batch in enumerate(_eval_batches(config, e.batch_size).take(e.bpd_num_batches)):
+        if i == 0:
+            _log_bpd_plan(model, batch, num_steps, e.bpd_num_batches)
         labels = batch.get("labels") if model.num_classes else None
         context = None
         if "text" in batch and getattr(model, "text_encoder", None) is not None:
@@ -173,7 +184,30 @@ def bits_per_dim(model, config):
                 num_steps=num_steps, decoder=decoder, seed=config.seed + 1000 * (i + 1),
             )
         values.append(np.asarray(out["bits_per_dim"]))
+        elapsed = time.time() - start
+        logging.info("bits/dim: batch %d/%d: %.4f (%.0f s elapsed, about %.0f s left)",
+                     i + 1, e.bpd_num_batches, float(np.mean(values[-1])), elapsed,
+                     elapsed / (i + 1) * (e.bpd_num_batches - i - 1))
     if not values:
         return None
     bpd = float(np.mean(np.concatenate(values)))
     return bpd if math.isfinite(bpd) else float("nan")
+
+
+def _log_bpd_plan(model, batch, num_steps, num_batches):
+    """Logs what the bits/dim chain computes and about how long it takes.
+
+    The estimate: `num_steps` network calls per batch, each timed once on
+    this batch (the model at t = 0.5, after one warm-up call).
+    """
+    images = batch["images"]
+    model({"images": images})  # warm-up (the first call may trace or build)
+    start = time.time()
+    model({"images": images})
+    per_call = time.time() - start
+    logging.info(
+        "bits/dim: the negative ELBO of the %d-step chain on %d batch(es) of %d: %d "
+        "network calls per batch, about %.0f s in all (%.3f s per call).", num_steps,
+        num_batches, int(images.shape[0]), num_steps, per_call * num_steps * num_batches,
+        per_call,
+    )
