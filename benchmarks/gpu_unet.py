@@ -4,11 +4,12 @@ case.
 
 Config: the preset "unet_cifar10_small" (base 64, mult 1-2-2-2, 2 res blocks,
 attention at 16x16, 32x32x3, 8.95M parameters) and diffusers' UNet2DModel of
-the same config. Training = one AdamW step on the epsilon loss.
+the same config. Training = one AdamW step on the epsilon loss (cosine).
 
   keras_diffusion: KERAS_BACKEND=jax, mixed_bfloat16 (and float32), the
-      whole step (noise, forward, backward, AdamW) in one jax.jit with
-      donated buffers.
+      library's own `DiffusionModel.fit` (its JAX train step: time and noise
+      draws, the shared loss, AdamW, metrics) and `generate` (DDIM), timed
+      from the outside after a warm-up fit.
   diffusers: bf16 autocast (and float32), channels-last, eager.
 
 Usage:
@@ -45,66 +46,54 @@ def device_name():
 
 
 def run_keras(args, policy):
+    """The library's own `DiffusionModel.fit` and `generate`, timed."""
     import jax
-    import jax.numpy as jnp
     import keras
+    import numpy as np
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import keras_diffusion
     from keras_diffusion.models import UNet
-    from keras_diffusion.schedules import CosineSchedule
 
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
-    model = UNet.from_preset("unet_cifar10_small")
-    model.build({"x_t": (None, 32, 32, 3), "t": (None,)})
-    schedule = CosineSchedule()
-    opt = keras.optimizers.AdamW(1e-4)
-    opt.build(model.trainable_variables)
-
-    def loss_fn(trainable, non_trainable, x0, key):
-        k1, k2 = jax.random.split(key)
-        t = jax.random.uniform(k1, (x0.shape[0],), minval=1e-3, maxval=1.0)
-        eps = jax.random.normal(k2, x0.shape)
-        alpha, sigma = schedule.alpha_sigma(t)
-        x_t = alpha[:, None, None, None] * x0 + sigma[:, None, None, None] * eps
-        pred, non_trainable = model.stateless_call(
-            trainable, non_trainable, {"x_t": x_t, "t": t}, training=True
-        )
-        return jnp.mean(jnp.square(pred - eps)), non_trainable
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def step(state, x0, key):
-        trainable, non_trainable, opt_vars = state
-        (loss, non_trainable), grads = grad_fn(trainable, non_trainable, x0, key)
-        trainable, opt_vars = opt.stateless_apply(opt_vars, grads, trainable)
-        return loss, (trainable, non_trainable, opt_vars)
-
-    step = jax.jit(step, donate_argnums=0)
-    state = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in opt.variables],
+    denoiser = UNet.from_preset(args.preset, input_channels=3)
+    model = keras_diffusion.DiffusionModel(
+        denoiser, schedule="cosine", prediction="epsilon", condition_dropout=0.0, seed=0,
     )
-    x0 = jax.random.uniform(jax.random.PRNGKey(0), (args.batch, 32, 32, 3), minval=-1, maxval=1)
-    key = jax.random.PRNGKey(1)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4),
+                  steps_per_execution=args.steps_per_execution)
+    size = args.image_size
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (args.batch * args.steps_per_execution, size, size, 3))
+    images = images.astype("float32")
+    repeats = max(1, args.steps // args.steps_per_execution)
+    data = np.concatenate([images] * repeats)
     t0 = time.perf_counter()
-    for i in range(args.warmup):
-        loss, state = step(state, x0, jax.random.fold_in(key, i))
-    loss.block_until_ready()
-    compile_s = time.perf_counter() - t0
+    model.fit(images, batch_size=args.batch, epochs=args.warmup, verbose=0, shuffle=False)
+    warm = time.perf_counter() - t0
     start = time.perf_counter()
-    for i in range(args.steps):
-        loss, state = step(state, x0, jax.random.fold_in(key, 1000 + i))
-    loss.block_until_ready()
+    history = model.fit(data, batch_size=args.batch, epochs=1, verbose=0, shuffle=False)
     elapsed = time.perf_counter() - start
+    steps = len(data) // args.batch
     emit(
-        side="keras_diffusion (Keras on JAX)", task="train", precision=policy,
-        batch=args.batch, img_per_s=args.batch * args.steps / elapsed,
-        step_ms=1000 * elapsed / args.steps, warmup_s=compile_s,
-        params=model.count_params(), loss=float(loss), device=device_name(),
+        side="keras_diffusion DiffusionModel.fit (Keras on JAX)", task="train",
+        precision=policy, batch=args.batch, img_per_s=args.batch * steps / elapsed,
+        step_ms=1000 * elapsed / steps, warmup_s=warm, params=denoiser.count_params(),
+        loss=float(history.history["loss"][-1]), device=device_name(),
         versions={"jax": jax.__version__, "keras": keras.__version__},
     )
+    if args.sample_steps:
+        n = args.sample_batch
+        model.generate(n, sampler="ddim", num_steps=args.sample_steps, seed=0)  # compile
+        start = time.perf_counter()
+        model.generate(n, sampler="ddim", num_steps=args.sample_steps, seed=1)
+        elapsed = time.perf_counter() - start
+        emit(
+            side="keras_diffusion DiffusionModel.generate (Keras on JAX)",
+            task=f"ddim{args.sample_steps}", precision=policy, batch=n,
+            img_per_s=n / elapsed, device=device_name(),
+        )
 
 
 def run_diffusers(args, precision):
@@ -171,6 +160,11 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps_per_execution", type=int, default=1)
+    parser.add_argument("--preset", default="unet_cifar10_small")
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--sample_steps", type=int, default=50)
+    parser.add_argument("--sample_batch", type=int, default=256)
     parser.add_argument("--cases", nargs="+", default=[
         "keras:mixed_bfloat16", "diffusers:bfloat16", "keras:float32", "diffusers:float32",
     ])

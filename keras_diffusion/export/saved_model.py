@@ -157,6 +157,9 @@ def export_saved_model(
                 stack.enter_context(spec.ema_weights())
             for layer in spec.tracked_layers():
                 archive.track(layer)
+            # TensorFlow logs each variable the sampler loop captures being
+            # renamed (three 4,500-character INFO lines): harmless, quieted.
+            stack.enter_context(_tf_log_level("ERROR"))
             for name, fn, signature in builder.endpoints():
                 archive.add_endpoint(name=name, fn=fn, input_signature=signature)
             archive.write_out(tmp, verbose=bool(verbose))
@@ -505,6 +508,19 @@ def _assert(condition, data, summarize=16):
     import tensorflow as tf
 
     return tf.raw_ops.Assert(condition=condition, data=data, summarize=summarize)
+
+
+@contextlib.contextmanager
+def _tf_log_level(level):
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _keyword_fn(names, body):

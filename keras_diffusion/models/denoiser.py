@@ -51,8 +51,13 @@ class Denoiser(keras.Model):
     def __call__(self, inputs, *args, **kwargs):
         # With input conversion off, turn arrays into tensors here (floats
         # to float32, integers kept).
-        if isinstance(inputs, dict):
-            inputs = {k: _to_tensor(v) for k, v in inputs.items() if v is not None}
+        if not isinstance(inputs, dict):
+            raise ValueError(
+                f"`inputs` of {type(self).__name__} must be a dict with keys 'x_t' and "
+                f"'t' (optional {list(INPUT_KEYS[2:])}), received inputs of type "
+                f"{type(inputs).__name__}"
+            )
+        inputs = {k: _to_tensor(v) for k, v in inputs.items() if v is not None}
         return super().__call__(inputs, *args, **kwargs)
 
     # ----- presets -----

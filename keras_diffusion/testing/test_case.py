@@ -27,7 +27,8 @@ class TestCase(unittest.TestCase):
     Gives `assertAllClose` on nested tensors and the standard checks that
     every public object goes through: `run_serialization_test` (config
     round-trip), `run_layer_test` (build, call, shape, one fit step, `.keras`
-    saving round-trip) and `run_model_saving_test`.
+    saving round-trip), `run_model_saving_test` and `run_denoiser_test` (the
+    denoiser dict contract, null label, mixed precision, LoRA, saving).
     """
 
     def setUp(self):
@@ -142,6 +143,100 @@ class TestCase(unittest.TestCase):
         after = [to_numpy(w) for w in model.trainable_weights]
         changed = any(not np.allclose(a, b) for a, b in zip(before, after))
         self.assertTrue(changed, "one fit step changed no weight")
+
+
+    def run_denoiser_test(
+        self,
+        cls,
+        init_kwargs,
+        x_shape,
+        context_shape=None,
+        condition_channels=0,
+        lora_target="attention",
+        run_mixed_precision=True,
+        run_saving=True,
+        atol=1e-5,
+    ):
+        """The standard checks of a denoiser (a `models.Denoiser` subclass).
+
+        - the dict contract: a non-dict input, an unknown key, a missing
+          `t` and a wrong `x_t` rank are clear ValueErrors; the output has
+          x_t's shape and is float32;
+        - the null label: missing `labels` equals the explicit null label
+          `num_classes` (class-conditional denoisers);
+        - float32 outputs under `mixed_bfloat16`;
+        - LoRA: `enable_lora` leaves the output unchanged and only LoRA
+          weights trainable;
+        - config and `.keras` round-trips with identical outputs (LoRA kept).
+
+        Args:
+            cls: the denoiser class.
+            init_kwargs: constructor arguments.
+            x_shape: the shape of `x_t` with batch, e.g. `(2, 8, 8, 3)`.
+            context_shape: `(B, L, D)` of the context, if the denoiser takes one.
+            condition_channels: channels of the image condition, if any.
+            lora_target: the `enable_lora` target to check (None: skip).
+            run_mixed_precision: check mixed_bfloat16 outputs.
+            run_saving: check the `.keras` round-trip.
+        """
+        from keras_diffusion.models.denoiser import Denoiser
+
+        rng = np.random.default_rng(0)
+        inputs = {
+            "x_t": rng.normal(size=x_shape).astype("float32"),
+            "t": np.linspace(0.1, 0.9, x_shape[0]).astype("float32"),
+        }
+        if context_shape is not None:
+            inputs["context"] = rng.normal(size=context_shape).astype("float32")
+        if condition_channels:
+            inputs["condition"] = rng.normal(
+                size=tuple(x_shape[:-1]) + (condition_channels,)
+            ).astype("float32")
+        model = cls(**init_kwargs)
+        self.assertIsInstance(model, Denoiser)
+        output = model(inputs)
+        self.assertEqual(tuple(output.shape), tuple(x_shape))
+        self.assertEqual(keras.backend.standardize_dtype(output.dtype), "float32")
+        with self.assertRaisesRegex(ValueError, "dict"):
+            model(inputs["x_t"])
+        with self.assertRaisesRegex(ValueError, "bogus"):
+            model({**inputs, "bogus": inputs["t"]})
+        with self.assertRaisesRegex(ValueError, "'t'"):
+            model({k: v for k, v in inputs.items() if k != "t"})
+        with self.assertRaisesRegex(ValueError, "x_t"):
+            model({**inputs, "x_t": inputs["x_t"][..., None]})
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes is not None:
+            null = np.full((x_shape[0],), num_classes, "int32")
+            self.assertAllClose(model({**inputs, "labels": null}), output, atol=atol)
+            labelled = model({**inputs, "labels": np.zeros((x_shape[0],), "int32")})
+            self.assertEqual(tuple(labelled.shape), tuple(x_shape))
+        self.run_serialization_test(model)
+        if run_mixed_precision:
+            keras.config.set_dtype_policy("mixed_bfloat16")
+            try:
+                mixed = cls(**init_kwargs)
+                out = mixed(inputs)
+            finally:
+                keras.config.set_dtype_policy("float32")
+            self.assertEqual(keras.backend.standardize_dtype(out.dtype), "float32")
+            self.assertTrue(np.all(np.isfinite(to_numpy(out))))
+        if lora_target is not None:
+            model.enable_lora(2, lora_target)
+            self.assertAllClose(model(inputs), output, atol=atol)
+            trainable = [w.path for w in model.trainable_weights]
+            self.assertTrue(trainable and all("lora_kernel" in p for p in trainable), trainable)
+        if run_saving:
+            path = os.path.join(self.get_temp_dir(), "denoiser.keras")
+            model.save(path)
+            restored = keras.saving.load_model(path)
+            self.assertAllClose(restored(inputs), model(inputs), atol=atol)
+            if lora_target is not None:
+                self.assertEqual(
+                    sorted(w.path for w in restored.trainable_weights),
+                    sorted(w.path for w in model.trainable_weights),
+                )
+        return model
 
 
 def _wrap(layer, input_data):

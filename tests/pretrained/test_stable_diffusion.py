@@ -125,7 +125,13 @@ class BridgeTest(TestCase):
         # Builds the full 860M-parameter UNet (~100 s, ~6 GB RAM on CPU).
         from keras_diffusion.pretrained.stable_diffusion import StableDiffusionDenoiser
 
-        unet = StableDiffusionDenoiser(64, 64, max_text_length=4, download_weights=False)
+        # The denoiser contract (models.Denoiser) on the same network.
+        unet = self.run_denoiser_test(
+            StableDiffusionDenoiser,
+            dict(image_height=64, image_width=64, max_text_length=4, download_weights=False),
+            x_shape=(1, 8, 8, 4), context_shape=(1, 4, 768), lora_target=None,
+            run_mixed_precision=False, run_saving=False,
+        )
         rng = np.random.default_rng(0)
         inputs = {
             "x_t": rng.normal(size=(1, 8, 8, 4)).astype("float32"),
