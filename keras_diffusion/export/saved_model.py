@@ -22,6 +22,11 @@ from keras_diffusion.random import initial_noise
 from keras_diffusion.random import sampler_seed
 
 SIGNATURES = ("serving_default", "generate", "generate_from_noise", "denoise")
+# The largest request a SavedModel serves unless exported with other bounds:
+# a request over them fails at once (it would otherwise exhaust the
+# server's memory or hold it for hours).
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_NUM_STEPS = 1000
 METADATA_FILE = os.path.join("assets.extra", "keras_diffusion_export.json")
 
 
@@ -37,6 +42,8 @@ def export_saved_model(
     jit_compile=False,
     fused_layers=False,
     verbose=False,
+    max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+    max_num_steps=DEFAULT_MAX_NUM_STEPS,
 ):
     """Writes a SavedModel of `model` that TF Serving runs.
 
@@ -100,6 +107,12 @@ def export_saved_model(
             `keras_diffusion.layers.fusion`, are traced unfused), so TF
             Serving runs it with its default flags.
         verbose: print the endpoints written.
+        max_batch_size: the largest batch a request may ask for (`batch_size`,
+            or the first dimension of `noise` / `x_t`); default 64.
+        max_num_steps: the largest `num_steps` a request may ask for;
+            default 1000. Both are recorded in the export's metadata
+            (`read_metadata(path)`); larger requests fail at once with an
+            `InvalidArgumentError` naming the input.
 
     Returns:
         `path`.
@@ -141,7 +154,11 @@ def export_saved_model(
             "`jit_compile=True` is not supported for models with a text encoder "
             "(XLA has no string ops); export with jit_compile=False."
         )
-    builder = _Endpoints(spec, sampler, spacing, bool(clip), bool(jit_compile))
+    for name, value in (("max_batch_size", max_batch_size), ("max_num_steps", max_num_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, received {name}={value!r}")
+    builder = _Endpoints(spec, sampler, spacing, bool(clip), bool(jit_compile),
+                         max_batch_size=max_batch_size, max_num_steps=max_num_steps)
     archive = keras.export.ExportArchive()
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -230,12 +247,15 @@ class _ModelSpec:
 class _Endpoints:
     """The signatures' functions and input specs."""
 
-    def __init__(self, spec, sampler, spacing, clip, jit_compile=False):
+    def __init__(self, spec, sampler, spacing, clip, jit_compile=False,
+                 max_batch_size=DEFAULT_MAX_BATCH_SIZE, max_num_steps=DEFAULT_MAX_NUM_STEPS):
         self.spec = spec
         self.sampler = sampler
         self.spacing = spacing
         self.clip = clip
         self.jit_compile = jit_compile
+        self.max_batch_size = int(max_batch_size)
+        self.max_num_steps = int(max_num_steps)
 
     # --- input specs ----------------------------------------------------------
     def _condition_specs(self, for_denoise=False):
@@ -327,6 +347,8 @@ class _Endpoints:
             "latent": spec.is_latent,
             "clip": self.clip,
             "jit_compile": self.jit_compile,
+            "max_batch_size": self.max_batch_size,
+            "max_num_steps": self.max_num_steps,
             "initial_noise": "step_noise(shape, seed, 2**31 - 1) (counter-based; "
             "keras_diffusion.export.initial_noise)",
         }
@@ -336,12 +358,32 @@ class _Endpoints:
         """Runtime checks: a list of assert ops on the serving inputs."""
         import tensorflow as tf
 
-        checks = []
+        given = "batch_size" if "batch_size" in inputs else (
+            "noise" if "noise" in inputs else "x_t")
+        what = "`batch_size`" if given == "batch_size" else f"The first dimension of `{given}`"
+        checks = [
+            _assert(
+                tf.logical_and(batch >= 1, batch <= self.max_batch_size),
+                [f"{what} must be in [1, {self.max_batch_size}] (max_batch_size of this "
+                 f"export), received {given} batch =", batch],
+            )
+        ]
         if "num_steps" in inputs:
             n = inputs["num_steps"]
             checks.append(
                 _assert(
-                    n >= 1, ["`num_steps` must be >= 1, received num_steps =", n]
+                    tf.logical_and(n >= 1, n <= self.max_num_steps),
+                    [f"`num_steps` must be in [1, {self.max_num_steps}] (max_num_steps of "
+                     "this export), received num_steps =", n],
+                )
+            )
+        if "t" in inputs:
+            t = inputs["t"]
+            checks.append(
+                _assert(
+                    tf.reduce_all(tf.logical_and(t >= 0.0, t <= 1.0)),  # False for NaN.
+                    ["`t` must be in [0, 1] (and not NaN), received t =", t],
+                    summarize=16,
                 )
             )
         if "guidance_scale" in inputs:
@@ -350,13 +392,6 @@ class _Endpoints:
                 _assert(
                     g >= 0.0,  # False for NaN too.
                     ["`guidance_scale` must be >= 0, received guidance_scale =", g],
-                )
-            )
-        if "batch_size" in inputs:
-            b = inputs["batch_size"]
-            checks.append(
-                _assert(
-                    b >= 1, ["`batch_size` must be >= 1, received batch_size =", b]
                 )
             )
         if "seed" in inputs:

@@ -436,7 +436,9 @@ class DiffusionModel(keras.Model):
             # called outside it): distributed variables for the denoiser.
             with self._strategy_scope():
                 self.build(build_shape)
-        elif key == "images":
+        elif key == "latents":
+            self._check_latents(shape[1:])
+        else:
             sample = self.codec.sample_shape(shape[1:])
             if sample != self.image_shape:
                 raise ValueError(

@@ -558,3 +558,41 @@ def _parse_show_all(text):
             signatures[current][section][name] = line.split()[1]
             name = None
     return signatures
+
+
+class ExportBoundsTest(TestCase):
+    def test_requests_over_the_bounds_fail_at_once(self):
+        import tensorflow as tf
+
+        from keras_diffusion.export import export_saved_model
+        from keras_diffusion.export import read_metadata
+        from keras_diffusion.models import MLPDenoiser
+        from keras_diffusion.models.diffusion_model import DiffusionModel
+
+        model = DiffusionModel(MLPDenoiser(data_dim=2, hidden_dim=8, num_layers=1),
+                               image_shape=(2,), prediction="v")
+        model.build(None)
+        path = os.path.join(self.get_temp_dir(), "bounded")
+        with self.assertRaisesRegex(ValueError, "max_batch_size"):
+            export_saved_model(model, path, max_batch_size=0)
+        export_saved_model(model, path, sampler="ddim", max_batch_size=4, max_num_steps=10)
+        meta = read_metadata(path)
+        self.assertEqual((meta["max_batch_size"], meta["max_num_steps"]), (4, 10))
+        served = tf.saved_model.load(path)
+        common = dict(seed=tf.constant(1, tf.int64), guidance_scale=tf.constant(1.0))
+        generate = served.signatures["generate"]
+        out = generate(batch_size=tf.constant(4), num_steps=tf.constant(10), **common)
+        self.assertEqual(out["images_float"].shape, (4, 2))
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "batch_size.*max_batch"):
+            generate(batch_size=tf.constant(10**6), num_steps=tf.constant(2), **common)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "num_steps.*max_num_steps"):
+            generate(batch_size=tf.constant(1), num_steps=tf.constant(10**8), **common)
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "noise"):
+            served.signatures["generate_from_noise"](
+                noise=tf.zeros((5, 2)), num_steps=tf.constant(2), **common)
+        denoise = served.signatures["denoise"]
+        self.assertEqual(denoise(x_t=tf.zeros((2, 2)), t=tf.constant([0.0, 1.0]))[
+            "prediction"].shape, (2, 2))
+        for bad in ([0.5, 1.5], [-0.1, 0.5], [float("nan"), 0.5]):
+            with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "`t` must be in"):
+                denoise(x_t=tf.zeros((2, 2)), t=tf.constant(bad))
