@@ -98,14 +98,17 @@ class ContractTest(TestCase):
 
     def test_same_samples_for_every_prediction_type(self):
         noise = _noise(64)
-        cases = [(schedules.LinearSchedule(), _deterministic() + _stochastic()),
-                 (schedules.CosineSchedule(), _deterministic()[1:4] + _stochastic()[::2])]
-        for schedule, sampler_list in cases:
+        # Every sampler on the linear schedule with the two conversions
+        # furthest apart; some on the cosine schedule with all four.
+        cases = [(schedules.LinearSchedule(), _deterministic() + _stochastic(), ("epsilon", "flow")),
+                 (schedules.CosineSchedule(), _deterministic()[2:9:3] + _stochastic()[::3],
+                  PREDICTIONS)]
+        for schedule, sampler_list, predictions in cases:
             for sampler in sampler_list:
                 outs = [
                     to_np(sampler.sample(GMM.denoiser(schedule, p), noise, schedule=schedule,
                                          prediction=p, num_steps=9, seed=3))
-                    for p in PREDICTIONS
+                    for p in predictions
                 ]
                 # EDM's sampler works in rho = sigma / alpha, about 1e4 at the
                 # cosine schedule's t = 1: its Heun and churn terms scale the
@@ -113,7 +116,7 @@ class ContractTest(TestCase):
                 edm = isinstance(sampler, samplers.EDMSampler)
                 cosine = isinstance(schedule, schedules.CosineSchedule)
                 atol = 2e-3 if edm and cosine else 5e-5
-                for p, out in zip(PREDICTIONS[1:], outs[1:]):
+                for p, out in zip(predictions[1:], outs[1:]):
                     np.testing.assert_allclose(out, outs[0], atol=atol,
                                                err_msg=f"{sampler!r} {schedule!r} {p}")
 
@@ -289,8 +292,7 @@ class CompiledTest(TestCase):
         schedule = schedules.CosineSchedule()
         model_fn = GMM.denoiser(schedule, "v")
         noise = _noise(16)
-        for sampler in [samplers.UniPCSampler(order=3), samplers.DPMSolverSinglestepSampler(order=3),
-                        samplers.DPMSolverSDESampler(order=3), samplers.EulerAncestralSampler(),
+        for sampler in [samplers.UniPCSampler(order=3), samplers.DPMSolverSDESampler(order=3),
                         samplers.EDMSampler(s_churn=20.0, s_tmin=0.05, s_tmax=50.0)]:
 
             def run(noise, sampler=sampler):
@@ -320,3 +322,31 @@ class CompiledTest(TestCase):
                 expected = sampler.sample(model_fn, noise, schedule=schedule,
                                           prediction="epsilon", num_steps=n, seed=3)
                 self.assertAllClose(run(tf.constant(n)), expected, atol=1e-5, msg=repr(sampler))
+
+
+@pytest.mark.jax
+class EDMAlgorithmTest(TestCase):
+    def test_edm_sampler_is_algorithm_2(self):
+        # On the EDM schedule with the karras grid: Karras et al. (2022),
+        # Algorithm 2 written out in float64 (references.edm), same noise.
+        schedule = schedules.EDMSchedule()
+        gmm = GaussianMixture.ring(num_modes=4, radius=1.0, std=0.3)
+        model_fn = gmm.denoiser(schedule, "x0")
+
+        def denoise(x, sigma):
+            t = np.full((len(x),), (sigma / 80.0) ** (1 / 7), "float32")
+            return to_np(model_fn(x.astype("float32"), t))
+
+        n = 12
+        times = samplers.make_timesteps(schedule, n, "karras")
+        sigmas = list(to_np(schedule.sigma(times))) + [0.0]
+        noise = _noise(64)
+        for options in [{}, dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003),
+                        dict(s_churn=80.0)]:
+            noises = [to_np(step_noise((64, 2), 9, i)) for i in range(n)]
+            expected = references.edm(denoise, sigmas, 80.0 * noise.astype(np.float64),
+                                      noises, **options)
+            out = samplers.EDMSampler(**options).sample(
+                model_fn, noise, schedule=schedule, prediction="x0", num_steps=n,
+                spacing="karras", seed=9)
+            self.assertAllClose(out, expected, atol=1e-4, rtol=1e-5, msg=str(options))
