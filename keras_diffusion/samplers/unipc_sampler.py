@@ -157,8 +157,9 @@ class UniPCSampler(Sampler):
             if self.corrector:
                 # UniC at t_i, from x_{i-1} with the order that predicted x_i.
                 order_c = self._order_at(i - 1, num_steps)
-                order_c = ops.where(ops.isfinite(at(lambdas, i - 2)), order_c, ops.minimum(order_c, 1))
-                order_c = ops.where(ops.isfinite(at(lambdas, i - 3)), order_c, ops.minimum(order_c, 2))
+                for k, cap in ((2, 1), (3, 2)):  # nodes at lambda = -inf give no slope
+                    finite_k = ops.isfinite(at(lambdas, i - k))
+                    order_c = ops.where(finite_k, order_c, ops.minimum(order_c, cap))
                 corrected = self._update(
                     x_prev, m1, (m2, m3), m0, order_c, lambdas, schedule, times,
                     ops.maximum(i - 1, 0),

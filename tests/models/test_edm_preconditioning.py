@@ -61,7 +61,8 @@ class EDMPreconditioningTest(TestCase):
         rho = sig / alpha
         c_skip, c_out, c_in, c_noise = map(_np, edm_coefficients(rho.astype("float32"), 0.5))
         xb = x / alpha[:, None]
-        expected = c_skip[:, None] * xb + c_out[:, None] * (2 * c_in[:, None] * xb + c_noise[:, None])
+        f = 2 * c_in[:, None] * xb + c_noise[:, None]
+        expected = c_skip[:, None] * xb + c_out[:, None] * f
         self.assertAllClose(vp({"x_t": x, "t": t}), expected, rtol=1e-4, atol=1e-5)
         with self.assertRaisesWithArgument(ValueError, "sigma_data", "0.0"):
             EDMPreconditioning(_Recorder(), sigma_data=0.0)

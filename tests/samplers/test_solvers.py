@@ -100,7 +100,8 @@ class ContractTest(TestCase):
         noise = _noise(64)
         # Every sampler on the linear schedule with the two conversions
         # furthest apart; some on the cosine schedule with all four.
-        cases = [(schedules.LinearSchedule(), _deterministic() + _stochastic(), ("epsilon", "flow")),
+        cases = [(schedules.LinearSchedule(), _deterministic() + _stochastic(),
+                  ("epsilon", "flow")),
                  (schedules.CosineSchedule(), _deterministic()[2:9:3] + _stochastic()[::3],
                   PREDICTIONS)]
         for schedule, sampler_list, predictions in cases:
@@ -313,7 +314,8 @@ class CompiledTest(TestCase):
         schedule = schedules.LinearSchedule()
         model_fn = GMM.denoiser(schedule, "epsilon")
         noise = _noise(8)
-        for sampler in [samplers.UniPCSampler(order=3), samplers.DPMSolverSinglestepSampler(order=3),
+        for sampler in [samplers.UniPCSampler(order=3),
+                        samplers.DPMSolverSinglestepSampler(order=3),
                         samplers.EDMSampler(s_churn=10.0)]:
             run = tf.function(lambda n, s=sampler: s.sample(
                 model_fn, noise, schedule=schedule, prediction="epsilon", num_steps=n, seed=3),
