@@ -68,6 +68,8 @@ class EDMPreconditioningTest(TestCase):
             EDMPreconditioning(_Recorder(), sigma_data=0.0)
 
     def test_fit_and_keras_round_trip(self):
+        # DiffusionModel's train step is TensorFlow's in this version.
+        self.skip_unless_tensorflow()
         net = keras_diffusion.models.MLPDenoiser(data_dim=2, hidden_dim=32, num_layers=1)
         model = keras_diffusion.DiffusionModel(
             EDMPreconditioning(net), schedule="edm", prediction="x0",
