@@ -21,8 +21,12 @@ from keras import random
 from keras_diffusion.schedules.schedule import broadcast_like
 
 PREDICTIONS = ("epsilon", "x0", "v", "flow")
-WEIGHTINGS = ("none", "min_snr", "elbo")
-TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "low_discrepancy")
+WEIGHTINGS = ("none", "min_snr", "elbo", "edm")
+TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "low_discrepancy", "edm")
+# EDM's training distribution of noise levels, ln sigma ~ N(P_mean, P_std^2)
+# (Karras et al., 2022, Table 1).
+EDM_P_MEAN = -1.2
+EDM_P_STD = 1.2
 
 
 def validate_prediction(prediction):
@@ -154,7 +158,11 @@ def loss_weight(weighting, prediction, t, schedule, gamma=5.0):
             which makes E_{t ~ U(0, 1)}[weight * sum of squared errors] the
             continuous-time diffusion loss of the ELBO in nats (Kingma et al.,
             2021, eq. 17). For t drawn from another distribution divide by its
-            density.
+            density. "edm": EDM's lambda(sigma) = (sigma^2 + sigma_data^2) /
+            (sigma sigma_data)^2 in x0 space (Karras et al., 2022, Table 1),
+            with sigma = sigma(t) / alpha(t) and `schedule.sigma_data` (0.5
+            for schedules without one); with EDM's preconditioning it weighs
+            the raw network's error by 1.
         prediction: the model's prediction type.
         t: times, shape `[batch]`.
         schedule: a `keras_diffusion.schedules.Schedule`.
@@ -176,6 +184,10 @@ def loss_weight(weighting, prediction, t, schedule, gamma=5.0):
         if gamma <= 0:
             raise ValueError(f"`gamma` must be positive, received gamma={gamma}")
         return ops.minimum(snr, gamma) / scale
+    if weighting == "edm":
+        sigma_data = float(getattr(schedule, "sigma_data", 0.5))
+        sigma_sq = 1.0 / snr  # (sigma / alpha)^2
+        return (sigma_sq + sigma_data**2) / (sigma_sq * sigma_data**2) / scale
     return -0.5 * schedule.d_log_snr(t) * snr / scale
 
 
@@ -184,9 +196,12 @@ def sample_time(distribution, batch_size, schedule, seed=None, loc=0.0, scale=1.
 
     Args:
         distribution: "uniform"; "logit_normal", t = sigmoid(loc + scale * n)
-            (Esser et al., 2024); or "low_discrepancy", one uniform offset
+            (Esser et al., 2024); "low_discrepancy", one uniform offset
             shifted by i / batch_size per example, which lowers the variance of
-            the loss estimate (Kingma et al., 2021, appendix I.1).
+            the loss estimate (Kingma et al., 2021, appendix I.1); or "edm",
+            ln(sigma / alpha) ~ N(EDM_P_MEAN, EDM_P_STD^2) = N(-1.2, 1.2^2)
+            (Karras et al., 2022), mapped to t by `schedule.t_from_log_snr`
+            and clipped to [t_min, 1] (`loc` and `scale` are not used).
         batch_size: number of times to draw (an int or a scalar tensor).
         schedule: the schedule; its `t_min` bounds the times from below.
         seed: a seed for `keras.random`.
@@ -204,6 +219,10 @@ def sample_time(distribution, batch_size, schedule, seed=None, loc=0.0, scale=1.
         u = random.uniform((batch_size,), seed=seed)
     elif distribution == "logit_normal":
         u = ops.sigmoid(loc + scale * random.normal((batch_size,), seed=seed))
+    elif distribution == "edm":
+        log_sigma = EDM_P_MEAN + EDM_P_STD * random.normal((batch_size,), seed=seed)
+        t = schedule.t_from_log_snr(-2.0 * log_sigma)
+        return ops.clip(t, schedule.t_min, 1.0)
     else:
         offset = random.uniform((), seed=seed)
         # `batch_size` may be a tensor (a dynamic batch in a graph).
@@ -213,7 +232,11 @@ def sample_time(distribution, batch_size, schedule, seed=None, loc=0.0, scale=1.
 
 
 def time_density(distribution, t, schedule, loc=0.0, scale=1.0):
-    """The density of `sample_time(distribution, ...)` at `t`."""
+    """The density of `sample_time(distribution, ...)` at `t`.
+
+    For "edm" it is the density inside (t_min, 1); the clipped tails are
+    point masses at the ends.
+    """
     if distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(
             f"Unknown time `distribution`: {distribution!r}. "
@@ -221,6 +244,12 @@ def time_density(distribution, t, schedule, loc=0.0, scale=1.0):
         )
     t = ops.cast(ops.convert_to_tensor(t), "float32")
     width = 1.0 - schedule.t_min
+    if distribution == "edm":
+        # ln(sigma/alpha) = -log_snr / 2 is normal: p(t) = N(.) |d log_snr/dt| / 2.
+        z = (-0.5 * schedule.log_snr(t) - EDM_P_MEAN) / EDM_P_STD
+        normal = ops.exp(-0.5 * ops.square(z)) / (EDM_P_STD * (2 * math.pi) ** 0.5)
+        inside = (t > schedule.t_min) & (t < 1.0)
+        return ops.where(inside, normal * 0.5 * ops.abs(schedule.d_log_snr(t)), 0.0)
     if distribution != "logit_normal":
         return ops.ones_like(t) / width
     u = (t - schedule.t_min) / width

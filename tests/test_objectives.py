@@ -144,3 +144,38 @@ class ObjectivesTest(TestCase):
             objectives.sample_time("beta", 4, schedule)
         with self.assertRaisesWithArgument(ValueError, "gamma=0"):
             objectives.loss_weight("min_snr", "epsilon", self.t, schedule, gamma=0)
+
+
+@pytest.mark.jax
+class EDMObjectivesTest(TestCase):
+    """EDM's training distribution and loss weight."""
+
+    def test_edm_time_distribution(self):
+        for schedule in (schedules.EDMSchedule(), schedules.CosineSchedule()):
+            t = np.asarray(ops.convert_to_numpy(
+                objectives.sample_time("edm", 20000, schedule, seed=0)), np.float64)
+            self.assertGreaterEqual(t.min(), schedule.t_min - 1e-7)
+            self.assertLessEqual(t.max(), 1.0)
+            # ln(sigma / alpha) = -log_snr / 2 ~ N(-1.2, 1.2^2).
+            log_sigma = -0.5 * np.asarray(ops.convert_to_numpy(
+                schedule.log_snr(t.astype("float32"))), np.float64)
+            inside = (t > schedule.t_min + 1e-6) & (t < 1.0 - 1e-6)
+            self.assertAlmostEqual(np.median(log_sigma), -1.2, delta=0.05)
+            self.assertAlmostEqual(np.std(log_sigma[inside]), 1.2, delta=0.06)
+            # The density integrates to the mass inside (t_min, 1).
+            grid = np.linspace(schedule.t_min, 1.0, 200001)[1:-1]
+            density = np.asarray(ops.convert_to_numpy(
+                objectives.time_density("edm", grid.astype("float32"), schedule)), np.float64)
+            mass = np.trapezoid(density, grid)
+            self.assertAlmostEqual(mass, inside.mean(), delta=0.01)
+
+    def test_edm_weight(self):
+        schedule = schedules.EDMSchedule(sigma_data=0.25)
+        t = np.array([0.3, 0.6, 0.9], "float32")
+        sigma = np.asarray(ops.convert_to_numpy(schedule.sigma(t)), np.float64)
+        expected = (sigma**2 + 0.25**2) / (sigma * 0.25) ** 2
+        x0_weight = objectives.loss_weight("edm", "x0", t, schedule)
+        self.assertAllClose(x0_weight, expected, rtol=1e-4)
+        # The same loss in epsilon space: divided by x0_error_scale = SNR.
+        eps_weight = objectives.loss_weight("edm", "epsilon", t, schedule)
+        self.assertAllClose(eps_weight, expected * sigma**2, rtol=1e-4)

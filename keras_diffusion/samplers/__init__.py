@@ -2,13 +2,20 @@
 
 from keras_diffusion.samplers.ddim_sampler import DDIMSampler
 from keras_diffusion.samplers.ddpm_sampler import DDPMSampler
+from keras_diffusion.samplers.deis_sampler import DEISSampler
 from keras_diffusion.samplers.dpm_solver_sampler import DPMSolverSampler
+from keras_diffusion.samplers.dpm_solver_sde_sampler import DPMSolverSDESampler
+from keras_diffusion.samplers.dpm_solver_singlestep_sampler import DPMSolverSinglestepSampler
+from keras_diffusion.samplers.edm_sampler import EDMSampler
+from keras_diffusion.samplers.euler_ancestral_sampler import EulerAncestralSampler
 from keras_diffusion.samplers.euler_sampler import EulerSampler
 from keras_diffusion.samplers.heun_sampler import HeunSampler
+from keras_diffusion.samplers.ipndm_sampler import IPNDMSampler
 from keras_diffusion.samplers.ode_sampler import ODESampler
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.spacing import SPACINGS
 from keras_diffusion.samplers.spacing import make_timesteps
+from keras_diffusion.samplers.unipc_sampler import UniPCSampler
 
 _NAMES = {
     "ddpm": DDPMSampler,
@@ -17,6 +24,13 @@ _NAMES = {
     "euler": EulerSampler,
     "heun": HeunSampler,
     "ode": ODESampler,
+    "unipc": UniPCSampler,
+    "deis": DEISSampler,
+    "ipndm": IPNDMSampler,
+    "dpm_solver_singlestep": DPMSolverSinglestepSampler,
+    "dpm_solver_sde": DPMSolverSDESampler,
+    "euler_ancestral": EulerAncestralSampler,
+    "edm": EDMSampler,
 }
 
 

@@ -2,6 +2,7 @@
 
 from keras_diffusion.schedules.cosine_schedule import CosineSchedule
 from keras_diffusion.schedules.discrete_schedule import DiscreteSchedule
+from keras_diffusion.schedules.edm_schedule import EDMSchedule
 from keras_diffusion.schedules.linear_schedule import LinearSchedule
 from keras_diffusion.schedules.rectified_flow_schedule import RectifiedFlowSchedule
 from keras_diffusion.schedules.scaled_linear_schedule import ScaledLinearSchedule
@@ -16,6 +17,7 @@ _NAMES = {
     "cosine": CosineSchedule,
     "ve": VESchedule,
     "rectified_flow": RectifiedFlowSchedule,
+    "edm": EDMSchedule,
 }
 
 
@@ -24,7 +26,7 @@ def get(identifier, **kwargs):
 
     Args:
         identifier: one of "linear", "scaled_linear", "cosine", "ve",
-            "rectified_flow"; a dict from `keras.saving.serialize_keras_object`;
+            "rectified_flow", "edm"; a dict from `keras.saving.serialize_keras_object`;
             or a `Schedule` (returned as is).
         **kwargs: constructor options when `identifier` is a name.
 
