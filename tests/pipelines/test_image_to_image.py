@@ -233,3 +233,26 @@ class ModelImageToImageTest(TestCase):
         eager = i2i.img2img(fn, images, sampler="ddim", schedule=schedule,
                             prediction="x0", strength=0.5, num_steps=4, seed=3)
         self.assertAllClose(edit(tf.constant(images)), eager, atol=1e-5)
+
+
+class SeedContractTest(TestCase):
+    def test_model_img2img_draws_its_noise_from_the_seed_streams(self):
+        """img2img's noise is `random.step_noise(shape, seed, IMG2IMG_NOISE)`
+        (as generate and the export draw theirs), not NumPy's generator."""
+        self.skip_unless_tensorflow()
+        from keras_diffusion import random as random_lib
+        from keras_diffusion.models import MLPDenoiser
+
+        model = DiffusionModel(MLPDenoiser(data_dim=3, hidden_dim=8, num_layers=1),
+                               image_shape=(3,), prediction="v")
+        model.build(None)
+        images = np.random.default_rng(0).uniform(-1, 1, (4, 3)).astype("float32")
+        got = model.img2img(images, strength=0.7, num_steps=5, seed=11, clip=False)
+        noise = random_lib.step_noise((4, 3), 11, random_lib.IMG2IMG_NOISE)
+        tail = i2i.strength_timesteps("ddim", model.schedule, 0.7, num_steps=5)
+        expected = i2i.img2img(model.model_fn(), images, sampler="ddim",
+                               schedule=model.schedule, prediction="v", timesteps=tail,
+                               seed=11, noise=noise)
+        self.assertAllClose(got, expected, atol=1e-5)
+        self.assertAllClose(got, model.img2img(images, strength=0.7, num_steps=5, seed=11,
+                                               clip=False))
