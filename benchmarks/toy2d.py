@@ -78,7 +78,9 @@ def sample(model, gmm, args, sampler, **kwargs):
         x = model.generate(args.num_samples, sampler=sampler, num_steps=args.sampler_steps,
                            seed=1, verbose=0, **kwargs)
         result = score(x, gmm)
-    except ValueError as error:  # NaN / Inf from the sampler.
+    except Exception as error:  # NaN / Inf (a tf.errors.InvalidArgumentError in graphs).
+        if "NaN" not in str(error):
+            raise
         result = score(np.full((1, 2), np.nan), gmm)
         result["error"] = str(error).split("\n")[0][:120]
     result["seconds"] = round(time.time() - start, 2)
@@ -136,7 +138,7 @@ def meta(args):
                         f"{args.batch_size}",
             "sampling": f"generate(num_images={args.num_samples}, "
                         f"num_steps={args.sampler_steps}, seed=1), default grid",
-            "near": f"fraction within {3 * STD} of the ring |x| = {RADIUS}",
+            "near": f"fraction within {3 * STD:.1f} of the ring |x| = {RADIUS}",
             "goal": GOAL,
         },
     }
