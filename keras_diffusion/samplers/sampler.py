@@ -71,7 +71,11 @@ class Sampler:
         spacing=None,
         seed=None,
     ):
-        """Integrates from noise at t = 1 down to data at t = 0.
+        """Integrates from noise at the first timestep down to data at t = 0.
+
+        Without `timesteps` the grid starts at t = 1, or on schedules whose
+        log-SNR(1) is below `spacing.START_LOG_SNR` (cosine: -19.8, rectified
+        flow: -inf) where the log-SNR reaches it: see `spacing.start_time`.
 
         Args:
             model_fn: `model_fn(x_t, t) -> prediction`, `t` of shape [batch].
