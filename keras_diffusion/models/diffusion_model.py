@@ -1190,7 +1190,7 @@ class DiffusionModel(keras.Model):
             "denoise": lambda inputs: self.denoiser(inputs, training=False),
             "layers": [
                 layer
-                for layer in (self.denoiser, self.text_encoder, getattr(self, "vae", None))
+                for layer in (self.denoiser, self.text_encoder, getattr(self.codec, "vae", None))
                 if layer is not None
             ],
             "ema_weights": self.ema_weights,
