@@ -1,228 +1,245 @@
-"""MLPDenoiser on an 8-mode ring of Gaussians: the four objectives compared.
+"""MLPDenoiser on an 8-mode ring: every schedule x prediction pair, every sampler.
 
-For each prediction type ("epsilon", "x0", "v" on the linear DDPM schedule,
-"flow" on rectified flow) an `MLPDenoiser` is trained by
-`DiffusionModel.fit` for a fixed number of steps, then 4096 samples are drawn
-with the DPM-Solver sampler (DDIM if unavailable). Reported: the sliced
-Wasserstein distance to fresh samples of the true mixture (and, as a floor,
-the distance between two true sample sets), the fraction of samples in each
-mode (goal: every mode within 20% of 1/8), the fraction within 3 standard
-deviations of a mode centre, training and sampling wall time. As references:
-the same scores for the exact GMM denoiser with the same sampler, grid and
-noise (the sampler's own error), and the mean squared difference between the
-network and the exact denoiser at fixed times (where training lags).
+For each schedule ("linear", "scaled_linear", "cosine", "ve",
+"rectified_flow") and prediction type ("epsilon", "x0", "v", "flow") an
+`MLPDenoiser()` (its defaults) is trained by `DiffusionModel.fit` for 1,500
+steps (Adam 1e-3, batch 256) on 20,000 points of an 8-mode ring (radius 2,
+mode std 0.1). Then `generate(num_images=2000, num_steps=50)` runs with every
+sampler ("ddpm", "ddim", "dpm_solver", "euler", "heun", "ode"; the ODE
+sampler is adaptive and ignores `num_steps`) on the default grid.
+
+Reported per pair and sampler:
+- near: the fraction of samples within 0.3 (3 mode stds) of the ring |x| = 2;
+- max |x|: the largest coordinate (a diverging sampler shows here first);
+- modes: how many of the 8 modes hold at least half their share (1/16) of
+  the samples, and the smallest / largest mode fraction (1/8 = 0.125 is
+  exact).
+As a reference, each pair is also sampled with DDIM from t = 1 (explicit
+`timesteps = 1 - i/50`), the default grid before the grids started at
+`samplers.spacing.start_time` on schedules whose log-SNR(1) is about -inf.
 
 Usage:
-    python benchmarks/toy2d.py [--steps 10000] [--out benchmarks/results]
+    nice -n 10 python benchmarks/toy2d.py [--schedules cosine,linear]
+        [--predictions epsilon,v] [--merge] [--out benchmarks/results]
 
-Writes toy2d.json, toy2d.md and toy2d.png to `--out`.
+`--merge` adds the pairs run to those already in toy2d.json (to run the grid
+in parts). Writes toy2d.json and toy2d.md to `--out`.
 """
 
 import argparse
 import json
 import os
+import platform
+import sys
 import time
 
-import keras
 import numpy as np
 
-from keras_diffusion import samplers
-from keras_diffusion.models import DiffusionModel
-from keras_diffusion.models import MLPDenoiser
-from keras_diffusion.testing.gaussian_mixture import GaussianMixture
-from keras_diffusion.testing.gaussian_mixture import sliced_wasserstein
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-OBJECTIVES = (
-    ("epsilon", "linear"),
-    ("x0", "linear"),
-    ("v", "linear"),
-    ("flow", "rectified_flow"),
-)
+import keras  # noqa: E402
 
+from keras_diffusion.models import DiffusionModel  # noqa: E402
+from keras_diffusion.models import MLPDenoiser  # noqa: E402
+from keras_diffusion.testing.gaussian_mixture import GaussianMixture  # noqa: E402
 
-def run(prediction, schedule, data, gmm, args):
-    keras.utils.set_random_seed(args.seed)
-    model = DiffusionModel(
-        MLPDenoiser(hidden_dim=args.hidden_dim, num_layers=args.num_layers),
-        schedule=schedule,
-        prediction=prediction,
-        seed=args.seed,
-    )
-    steps_per_epoch = len(data) // args.batch_size
-    epochs = max(1, args.steps // steps_per_epoch)
-    lr = keras.optimizers.schedules.CosineDecay(args.learning_rate, epochs * steps_per_epoch)
-    model.compile(keras.optimizers.Adam(lr))
-    start = time.time()
-    history = model.fit(data, batch_size=args.batch_size, epochs=epochs, verbose=0)
-    train_time = time.time() - start
-    sampler = "dpm_solver" if "dpm_solver" in samplers._NAMES else "ddim"
-    num_steps = args.sampler_steps
-    start = time.time()
-    samples = model.generate(args.num_samples, sampler=sampler, num_steps=num_steps, seed=1)
-    sample_time = time.time() - start
-    reference = gmm.sample(args.num_samples, seed=123)
-    scores = score(samples, gmm, reference, args.std)
-    # The same sampler, grid and noise with the exact GMM denoiser: what a
-    # perfectly trained network would give (the sampler's own error).
-    noise = np.random.default_rng(1).standard_normal(samples.shape).astype("float32")
-    exact = samplers.get(sampler).sample(
-        gmm.denoiser(model.schedule, prediction),
-        noise,
-        schedule=model.schedule,
-        prediction=prediction,
-        num_steps=num_steps,
-        seed=1,
-    )
-    exact_scores = score(np.asarray(exact), gmm, reference, args.std)
-    loss_gap = denoiser_gap(model, gmm, data, prediction)
-    return samples, {
-        "prediction": prediction,
-        "schedule": schedule,
-        "train_steps": epochs * steps_per_epoch,
-        "train_seconds": round(train_time, 1),
-        "final_loss": float(history.history["loss"][-1]),
-        "sampler": sampler,
-        "sampler_steps": num_steps,
-        "sample_seconds": round(sample_time, 2),
-        **scores,
-        "exact_denoiser_same_sampler": exact_scores,
-        "mse_to_exact_denoiser_by_t": loss_gap,
-    }
+SCHEDULES = ("linear", "scaled_linear", "cosine", "ve", "rectified_flow")
+PREDICTIONS = ("epsilon", "x0", "v", "flow")
+SAMPLERS = ("ddpm", "ddim", "dpm_solver", "euler", "heun", "ode")
+RADIUS, STD, NUM_MODES = 2.0, 0.1, 8
+GOAL = "near >= 0.9, max |x| <= 4 and all 8 modes with >= 1/16 of the samples"
 
 
-def score(samples, gmm, reference, std):
-    fractions = np.bincount(gmm.classify(samples), minlength=len(gmm.weights)) / len(samples)
-    distance = np.linalg.norm(samples[:, None] - gmm.means[None], axis=-1).min(1)
+def score(samples, gmm):
+    x = np.asarray(samples, np.float64)
+    if not np.all(np.isfinite(x)):
+        return {"near": 0.0, "max_abs": float("inf"), "modes": 0,
+                "min_mode": 0.0, "max_mode": 0.0}
+    near = np.abs(np.linalg.norm(x, axis=1) - RADIUS) < 3 * STD
+    counts = np.bincount(gmm.classify(x[near]), minlength=NUM_MODES) if near.any() else (
+        np.zeros(NUM_MODES))
+    fractions = counts / len(x)
     return {
-        "sliced_wasserstein": sliced_wasserstein(samples, reference),
-        "mode_fractions": [round(float(f), 4) for f in fractions],
-        "all_modes_within_20pct": bool(np.all(np.abs(fractions - 1 / 8) <= 0.2 / 8)),
-        "fraction_within_3_std": float(np.mean(distance < 3 * std)),
+        "near": round(float(near.mean()), 4),
+        "max_abs": round(float(np.abs(x).max()), 3),
+        "modes": int(np.sum(fractions >= 0.5 / NUM_MODES)),
+        "min_mode": round(float(fractions.min()), 4),
+        "max_mode": round(float(fractions.max()), 4),
     }
 
 
-def denoiser_gap(model, gmm, data, prediction, times=(0.02, 0.05, 0.1, 0.2, 0.5, 0.8)):
-    """Mean squared difference between the network and the exact denoiser.
+def good(s):
+    return s["near"] >= 0.9 and s["max_abs"] <= 4.0 and s["modes"] == NUM_MODES
 
-    On 4096 training points noised at fixed times, in the units of the
-    prediction type; 0 for a perfectly trained network. Large values at
-    small t mean the fine structure (the separate modes) is not learned.
-    """
-    exact = gmm.denoiser(model.schedule, prediction)
-    x0 = data[:4096]
-    eps = np.random.default_rng(3).standard_normal(x0.shape).astype("float32")
-    gap = {}
-    for tv in times:
-        t = np.full((len(x0),), tv, "float32")
-        x_t = model.schedule.add_noise(x0, eps, t)
-        net = np.asarray(keras.ops.convert_to_numpy(model.denoiser({"x_t": x_t, "t": t})))
-        ref = np.asarray(keras.ops.convert_to_numpy(exact(x_t, t)))
-        gap[str(tv)] = round(float(np.mean((net - ref) ** 2)), 5)
-    return gap
+
+def sample(model, gmm, args, sampler, **kwargs):
+    start = time.time()
+    try:
+        x = model.generate(args.num_samples, sampler=sampler, num_steps=args.sampler_steps,
+                           seed=1, verbose=0, **kwargs)
+        result = score(x, gmm)
+    except Exception as error:  # NaN / Inf (a tf.errors.InvalidArgumentError in graphs).
+        if "NaN" not in str(error):
+            raise
+        result = score(np.full((1, 2), np.nan), gmm)
+        result["error"] = str(error).split("\n")[0][:120]
+    result["seconds"] = round(time.time() - start, 2)
+    return result
+
+
+def run(schedule, prediction, data, gmm, args):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(args.seed)
+    model = DiffusionModel(MLPDenoiser(), schedule=schedule, prediction=prediction,
+                           seed=args.seed)
+    model.compile(keras.optimizers.Adam(args.learning_rate))
+    dataset = (tf.data.Dataset.from_tensor_slices(data)
+               .shuffle(len(data), seed=args.seed).repeat().batch(args.batch_size))
+    start = time.time()
+    history = model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0)
+    result = {
+        "schedule": schedule,
+        "prediction": prediction,
+        "train_steps": args.steps,
+        "train_seconds": round(time.time() - start, 1),
+        "final_loss": round(float(history.history["loss"][-1]), 4),
+        "samplers": {name: sample(model, gmm, args, name) for name in SAMPLERS},
+    }
+    old_grid = (1.0 - np.arange(args.sampler_steps) / args.sampler_steps).astype("float32")
+    result["ddim_from_t1"] = sample(model, gmm, args, "ddim", timesteps=old_grid)
+    result["all_good"] = all(good(s) for s in result["samplers"].values())
+    return result
+
+
+def meta(args):
+    import tensorflow as tf
+
+    return {
+        "command": "nice -n 10 python benchmarks/toy2d.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "devices": [d.device_type for d in tf.config.list_physical_devices()],
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "backend": keras.backend.backend(),
+        },
+        "setup": {
+            "data": f"GaussianMixture.ring(num_modes={NUM_MODES}, radius={RADIUS}, std={STD}), "
+                    f"{args.num_points} points (seed {args.seed})",
+            "model": "DiffusionModel(MLPDenoiser(), schedule=..., prediction=...)",
+            "training": f"{args.steps} steps, Adam({args.learning_rate}), batch "
+                        f"{args.batch_size}",
+            "sampling": f"generate(num_images={args.num_samples}, "
+                        f"num_steps={args.sampler_steps}, seed=1), default grid",
+            "near": f"fraction within {3 * STD:.1f} of the ring |x| = {RADIUS}",
+            "goal": GOAL,
+        },
+    }
+
+
+def fmt(s):
+    text = f"{s['near']:.3f} / {s['max_abs']:.3g} / {s['modes']} ({s['min_mode']:.3f}-{s['max_mode']:.3f})"
+    return text if good(s) else f"**{text}**"
+
+
+def write_markdown(path, summary):
+    m = summary["meta"]
+    lines = [
+        "# toy2d: every schedule x prediction pair and every sampler, 1,500 training steps",
+        "",
+        f"Command: `{m['command']}` (the grid in parts with `--merge`; see below)",
+        "",
+        f"Machine: {m['machine']['platform']}, {m['machine']['cpu_count']} CPUs "
+        f"({', '.join(m['machine']['devices'])}), shared (wall times are noisy). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "",
+        f"Setup: {m['setup']['data']}; {m['setup']['model']}; {m['setup']['training']}; "
+        f"{m['setup']['sampling']} (`heun` uses 50 timesteps = 99 evaluations; `ode` is "
+        "adaptive, rtol = atol = 1e-5).",
+        "",
+        "Each cell: near / max |x| / modes (min-max mode fraction). near = "
+        f"{m['setup']['near']}; modes = how many of the 8 modes hold >= 1/16 of the "
+        f"samples. Goal per cell: {GOAL}; cells that miss it are in bold. "
+        "`ddim from t=1` is DDIM on the grid that was the default before (t_i = 1 - i/50).",
+        "",
+        "| schedule | prediction | " + " | ".join(SAMPLERS) + " | ddim from t=1 | train s |",
+        "|---|---|" + "---|" * (len(SAMPLERS) + 2),
+    ]
+    for r in summary["results"]:
+        cells = [fmt(r["samplers"][name]) for name in SAMPLERS]
+        lines.append(
+            f"| {r['schedule']} | {r['prediction']} | " + " | ".join(cells)
+            + f" | {fmt(r['ddim_from_t1'])} | {r['train_seconds']} |"
+        )
+    met = sum(r["all_good"] for r in summary["results"])
+    lines += ["", f"Pairs meeting the goal with every sampler: {met} of "
+              f"{len(summary['results'])}."]
+    if summary.get("notes"):
+        lines += ["", summary["notes"].strip()]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--schedules", default=",".join(SCHEDULES))
+    parser.add_argument("--predictions", default=",".join(PREDICTIONS))
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--sampler_steps", type=int, default=50)
     parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--hidden_dim", type=int, default=128)
-    parser.add_argument("--num_layers", type=int, default=3)
-    parser.add_argument("--num_samples", type=int, default=4096)
-    parser.add_argument("--radius", type=float, default=1.0)
-    parser.add_argument("--std", type=float, default=0.05)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--num_points", type=int, default=20000)
+    parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge", action="store_true",
+                        help="add to the pairs already in toy2d.json")
     parser.add_argument("--notes", default=None, help="a text file appended to toy2d.md")
+    parser.add_argument("--replot", action="store_true", help="rewrite toy2d.md from the json")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, "toy2d.json")
+    previous = []
+    if args.merge or args.replot:
+        if os.path.exists(json_path):
+            with open(json_path) as f:
+                saved = json.load(f)
+            # Rows of another format (an older version of this script) are dropped.
+            previous = [r for r in saved.get("results", []) if "samplers" in r]
+            if args.replot:
+                if args.notes:
+                    saved["notes"] = open(args.notes).read()
+                with open(json_path, "w") as f:
+                    json.dump(saved, f, indent=1)
+                write_markdown(os.path.join(args.out, "toy2d.md"), saved)
+                return
 
-    gmm = GaussianMixture.ring(num_modes=8, radius=args.radius, std=args.std)
-    data = gmm.sample(16384, seed=args.seed).astype("float32")
-    floor = sliced_wasserstein(gmm.sample(args.num_samples, seed=7), gmm.sample(args.num_samples, seed=123))
-    results, all_samples = [], {}
-    for prediction, schedule in OBJECTIVES:
-        samples, result = run(prediction, schedule, data, gmm, args)
-        print(json.dumps(result), flush=True)
-        results.append(result)
-        all_samples[prediction] = samples
-    for r in results:
-        r["goal_met"] = bool(
-            r["all_modes_within_20pct"] and r["fraction_within_3_std"] > 0.5
-        )
-    summary = {
-        "benchmark": "toy2d",
-        "data": f"8-mode ring, radius {args.radius}, std {args.std}, 16384 training points",
-        "model": f"MLPDenoiser(hidden_dim={args.hidden_dim}, num_layers={args.num_layers})",
-        "optimizer": f"Adam({args.learning_rate}, cosine decay), batch {args.batch_size}",
-        "sliced_wasserstein_floor_true_vs_true": floor,
-        "goal": "all 8 mode fractions within 20% of 1/8 and > 50% of samples within 3 std",
-        "results": results,
-    }
-    with open(os.path.join(args.out, "toy2d.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    lines = [
-        "# toy2d: MLPDenoiser on an 8-mode ring",
-        "",
-        f"{summary['data']}; {summary['model']}; {summary['optimizer']}; "
-        f"{results[0]['train_steps']} steps each. CPU, shared machine (wall times are noisy).",
-        f"Sliced Wasserstein between two true sample sets (floor): {floor:.4f}.",
-        "Goal: every mode's fraction within 20% of 1/8 (0.100 to 0.150) and most samples "
-        "(> 50%) within 3 std of a mode centre. `exact` is the same sampler, grid and noise "
-        "with the exact GMM denoiser (`keras_diffusion.testing.GaussianMixture`): the best "
-        "a network can do with this sampler.",
-        "",
-        "| prediction | schedule | SW | min / max mode fraction | within 3 std (exact) "
-        "| goal | train s | sampler | sample s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        fr = r["mode_fractions"]
-        ex = r["exact_denoiser_same_sampler"]
-        lines.append(
-            f"| {r['prediction']} | {r['schedule']} | {r['sliced_wasserstein']:.4f} | "
-            f"{min(fr):.3f} / {max(fr):.3f} | "
-            f"{r['fraction_within_3_std']:.3f} ({ex['fraction_within_3_std']:.3f}) | "
-            f"{'met' if r['goal_met'] else 'not met'} | {r['train_seconds']} | "
-            f"{r['sampler']} x{r['sampler_steps']} | {r['sample_seconds']} |"
-        )
-    lines += [
-        "",
-        "Mean squared difference between the network and the exact denoiser at fixed t "
-        "(prediction units; 0 = perfectly trained):",
-        "",
-        "| prediction | " + " | ".join(f"t={t}" for t in results[0]["mse_to_exact_denoiser_by_t"]) + " |",
-        "|---|" + "---|" * len(results[0]["mse_to_exact_denoiser_by_t"]),
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['prediction']} | "
-            + " | ".join(f"{v:.4f}" for v in r["mse_to_exact_denoiser_by_t"].values())
-            + " |"
-        )
+    gmm = GaussianMixture.ring(num_modes=NUM_MODES, radius=RADIUS, std=STD)
+    data = gmm.sample(args.num_points, seed=args.seed).astype("float32")
+    new = []
+    for schedule in args.schedules.split(","):
+        for prediction in args.predictions.split(","):
+            result = run(schedule, prediction, data, gmm, args)
+            print(json.dumps(result), flush=True)
+            new.append(result)
+    done = {(r["schedule"], r["prediction"]) for r in new}
+    results = [r for r in previous if (r["schedule"], r["prediction"]) not in done] + new
+    order = {(s, p): i for i, (s, p) in enumerate(
+        (s, p) for s in SCHEDULES for p in PREDICTIONS)}
+    results.sort(key=lambda r: order.get((r["schedule"], r["prediction"]), len(order)))
+    summary = {"benchmark": "toy2d", "meta": meta(args), "results": results}
     if args.notes:
-        lines += ["", open(args.notes).read().strip()]
-    with open(os.path.join(args.out, "toy2d.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 5, figsize=(20, 4))
-    axes[0].scatter(*gmm.sample(args.num_samples, seed=5).T, s=1)
-    axes[0].set_title("data")
-    for ax, (name, samples) in zip(axes[1:], all_samples.items()):
-        ax.scatter(*samples.T, s=1)
-        ax.set_title(name)
-    for ax in axes:
-        lim = 1.6 * args.radius
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-    fig.savefig(os.path.join(args.out, "toy2d.png"), dpi=80, bbox_inches="tight")
-    print("\n".join(lines))
+        summary["notes"] = open(args.notes).read()
+    with open(json_path, "w") as f:
+        json.dump(summary, f, indent=1)
+    write_markdown(os.path.join(args.out, "toy2d.md"), summary)
 
 
 if __name__ == "__main__":

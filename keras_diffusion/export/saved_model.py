@@ -145,7 +145,7 @@ def export_saved_model(
         sampler = samplers_lib.get(sampler, **({"clip_x0": 1.0} if clip_denoised else {}))
     else:
         sampler = samplers_lib.get(sampler)
-    spacing = spacing or "uniform"
+    spacing = spacing or getattr(spec.schedule, "default_spacing", "uniform")
     # Resolves the spacing eagerly, so that a bad name fails here, not in the graph.
     sampler.timesteps(spec.schedule, 1, None, spacing)
 

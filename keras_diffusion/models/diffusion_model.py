@@ -25,7 +25,10 @@ from keras_diffusion.utils.tensorflow_ops import has_accelerator
 from keras_diffusion.utils.tensorflow_ops import string_tensor
 
 NAN_POLICIES = ("raise", "skip")
-DEFAULT_PREDICTION = "epsilon"
+# "v" is well conditioned at every noise level: its x0 = alpha x_t - sigma v
+# never divides by alpha (benchmarks/results/toy2d.md: epsilon on the cosine
+# schedule keeps 5-7 of 8 modes of the toy ring, v all 8 with every sampler).
+DEFAULT_PREDICTION = "v"
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -93,7 +96,7 @@ class DiffusionModel(keras.Model):
             the classes, context (of `text_encoder`) and condition the model
             has.
         schedule: a schedule or its name (default "cosine").
-        prediction: "epsilon", "x0", "v" or "flow".
+        prediction: "v" (default), "epsilon", "x0" or "flow".
         weighting: loss weighting: "none", "min_snr" or "elbo".
         time_distribution: "uniform", "logit_normal" or "low_discrepancy".
         num_classes: number of classes for class-conditional training (the
@@ -968,7 +971,10 @@ class DiffusionModel(keras.Model):
                 (rank-3 samples), False for vectors.
             clip_denoised: clip the sampler's x0 estimates to [-1, 1] at every
                 step (`clip_x0=1` of a sampler given by name); default as
-                `clip` for pixel models, False for latent models.
+                `clip` for pixel models, False for latent models. (The
+                default grids start where log-SNR is -10.5 on schedules that
+                go below it, `samplers.spacing.start_time`, so an epsilon
+                model's first steps amplify its error about 7-fold, not 600.)
             use_ema: sample with the optimizer's EMA weights when kept.
             jit_compile: XLA for the sampler graph (None: as `compile`).
             verbose: "auto", 0 or 1: progress bar.
@@ -1184,7 +1190,7 @@ class DiffusionModel(keras.Model):
             "denoise": lambda inputs: self.denoiser(inputs, training=False),
             "layers": [
                 layer
-                for layer in (self.denoiser, self.text_encoder, getattr(self, "vae", None))
+                for layer in (self.denoiser, self.text_encoder, getattr(self.codec, "vae", None))
                 if layer is not None
             ],
             "ema_weights": self.ema_weights,

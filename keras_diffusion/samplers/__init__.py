@@ -14,7 +14,9 @@ from keras_diffusion.samplers.ipndm_sampler import IPNDMSampler
 from keras_diffusion.samplers.ode_sampler import ODESampler
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.spacing import SPACINGS
+from keras_diffusion.samplers.spacing import START_LOG_SNR
 from keras_diffusion.samplers.spacing import make_timesteps
+from keras_diffusion.samplers.spacing import start_time
 from keras_diffusion.samplers.unipc_sampler import UniPCSampler
 
 _NAMES = {

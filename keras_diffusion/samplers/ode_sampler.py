@@ -1,12 +1,12 @@
 """Adaptive Dormand-Prince on the probability-flow ODE (TensorFlow only)."""
 
-import numpy as np
 from keras import ops
 
 from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.samplers.euler_sampler import flow
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.sampler import _check_finite
+from keras_diffusion.samplers.spacing import start_time
 from keras_diffusion.samplers.spacing import validate_timesteps
 from keras_diffusion.schedules.schedule import register
 
@@ -25,7 +25,9 @@ class ODESampler(Sampler):
     `tfp.math.ode.DormandPrince` (5th order with a 4th-order error estimate)
     from `timesteps[0]` to `timesteps[-1]`, then the DDIM step
     x = alpha(0) x0 + sigma(0) eps goes to t = 0. Without `timesteps` the
-    integration runs from t = 1 to `schedule.t_min`. The solver runs forward
+    integration runs from the other samplers' start time (t = 1, or where the
+    log-SNR reaches `spacing.START_LOG_SNR` on cosine and rectified flow, see
+    `spacing.start_time`) to `schedule.t_min`. The solver runs forward
     in u = -log(t) (tfp wants increasing times, and its Runge-Kutta stages
     look past the final time: in u they stay inside (0, t_end), where every
     schedule is defined, and the steps shrink where t is small).
@@ -83,12 +85,18 @@ class ODESampler(Sampler):
         }
 
     def timesteps(self, schedule, num_steps=None, timesteps=None, spacing=None):
-        """[1, t_min] by default: the span of the integration (without the 0)."""
+        """[t_start, t_min] by default: the span of the integration (without the 0).
+
+        t_start is where the other samplers' default grids start,
+        `keras_diffusion.samplers.spacing.start_time(schedule)`: t = 1 except
+        on schedules whose log-SNR(1) is about -inf (cosine, rectified flow).
+        """
         schedule = schedules_lib.get(schedule)
         if timesteps is not None:
             return validate_timesteps(timesteps)
         t_min = schedule.t_min if schedule.t_min > 0 else 1e-3
-        return ops.convert_to_tensor(np.array([1.0, t_min], "float32"))
+        t_start = ops.cast(start_time(schedule), "float32")
+        return ops.stack([t_start, ops.convert_to_tensor(t_min, "float32")])
 
     def sample(
         self,

@@ -5,8 +5,8 @@ import numpy as np
 from keras import ops
 
 from keras_diffusion import objectives
-from keras_diffusion.random import step_noise  # noqa: F401 (re-exported)
 from keras_diffusion import schedules as schedules_lib
+from keras_diffusion.random import step_noise  # noqa: F401 (re-exported)
 from keras_diffusion.samplers.spacing import make_timesteps
 from keras_diffusion.samplers.spacing import validate_timesteps
 from keras_diffusion.schedules.schedule import broadcast_like
@@ -71,7 +71,11 @@ class Sampler:
         spacing=None,
         seed=None,
     ):
-        """Integrates from noise at t = 1 down to data at t = 0.
+        """Integrates from noise at the first timestep down to data at t = 0.
+
+        Without `timesteps` the grid starts at t = 1, or on schedules whose
+        log-SNR(1) is below `spacing.START_LOG_SNR` (cosine: -19.8, rectified
+        flow: -inf) where the log-SNR reaches it: see `spacing.start_time`.
 
         Args:
             model_fn: `model_fn(x_t, t) -> prediction`, `t` of shape [batch].
@@ -107,7 +111,8 @@ class Sampler:
             return validate_timesteps(timesteps)
         if num_steps is None:
             num_steps = self.default_num_steps
-        return make_timesteps(schedule, num_steps, spacing or "uniform")
+        spacing = spacing or getattr(schedule, "default_spacing", "uniform")
+        return make_timesteps(schedule, num_steps, spacing)
 
     # --- shared pieces -----------------------------------------------------
     @staticmethod

@@ -6,28 +6,83 @@ from keras import ops
 SPACINGS = ("uniform", "leading", "trailing", "linspace", "log_snr", "karras")
 DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
 
+# The grids "uniform", "log_snr" and "karras" start no lower in log-SNR than
+# this: just below DDPM's linear schedule at t = 1 (-10.12), so that its
+# grids (and those of scaled_linear, -5.36, and of the default VE schedule,
+# -7.82) still start at t = 1. Below it the data is ~0 in x_t (alpha < 5.3e-3
+# on a VP schedule): the cosine schedule's clipped last beta puts log-SNR(1)
+# at -19.8 (alpha = 4.9e-5) and rectified flow's is -inf (alpha = 0).
+START_LOG_SNR = -10.5
+
 
 def _is_python_int(n):
     return isinstance(n, (int, np.integer)) and not isinstance(n, bool)
 
 
-def make_timesteps(schedule, num_steps, spacing="uniform", rho=7.0):
+def start_time(schedule, start_log_snr=START_LOG_SNR):
+    """Where the "uniform", "log_snr" and "karras" grids start.
+
+    t = 1 if log-SNR(1) >= `start_log_snr`, else the time at which the
+    log-SNR equals `start_log_snr` (where the SNR stops being about 0).
+
+    Why: from x_t a noise prediction gives x0 = (x_t - sigma eps) / alpha,
+    so a model's eps error e becomes an x0 error e sigma / alpha, and a step
+    from t to s puts alpha_s e sigma_t / alpha_t of it into x_s. On the cosine
+    schedule alpha(1) = 4.9e-5: a 50-step uniform grid from t = 1 multiplies
+    e by ~600 on its first step: an MLP with an eps error of 0.1 sampled the
+    2-D ring of benchmarks/toy2d.py up to |x| = 7,600 (rectified flow,
+    alpha(1) = 0, gives NaN). From log-SNR -10.5 (alpha = 5.2e-3) that factor
+    is ~7. Starting from the prior there
+    instead of at t = 1 ignores a signal alpha x0 of at most 0.5% of the data,
+    and it also stops the "log_snr" and "karras" grids from spending their
+    first steps at pure noise, which cost them most at 5-10 steps.
+    Variance-exploding schedules (alpha = 1) always start at t = 1: their
+    prior N(0, prior_std^2) is the marginal at t = 1, and x0 = x_t - sigma eps
+    divides by nothing.
+
+    The diffusers grids ("leading", "trailing", "linspace") and explicit
+    `timesteps` are not affected.
+
+    Args:
+        schedule: a `keras_diffusion.schedules.Schedule`.
+        start_log_snr: the lowest log-SNR a grid starts at.
+
+    Returns:
+        A float32 scalar tensor in (0, 1].
+    """
+    one = ops.convert_to_tensor(1.0, "float32")
+    floor = ops.convert_to_tensor(float(start_log_snr), "float32")
+    alpha_1 = schedule.alpha_sigma(one)[0]
+    low = ops.logical_and(schedule.log_snr(one) < floor, alpha_1 < 1.0)
+    t_floor = ops.clip(schedule.t_from_log_snr(floor), schedule.t_min, 1.0)
+    return ops.where(low, t_floor, one)
+
+
+def make_timesteps(
+    schedule, num_steps, spacing="uniform", rho=7.0, start_log_snr=START_LOG_SNR
+):
     """The decreasing times at which a sampler evaluates the model.
 
-    After the last of them the sampler steps to t = 0. All grids start at
-    (or, for "leading"/"linspace", near) t = 1.
+    After the last of them the sampler steps to t = 0. "uniform", "log_snr"
+    and "karras" start at t_start = `start_time(schedule, start_log_snr)`:
+    t = 1, or where the log-SNR reaches `start_log_snr` on a schedule whose
+    log-SNR(1) is lower (cosine, rectified flow). "leading", "trailing" and
+    "linspace" are diffusers' grids exactly ("trailing" and "linspace" start
+    at t = 1, also on cosine).
 
     Args:
         schedule: a `keras_diffusion.schedules.Schedule`.
         num_steps: number of model evaluations N (a Python int or, for export,
             a scalar int tensor).
-        spacing: "uniform": t_i = 1 - i/N. "leading", "trailing", "linspace":
-            diffusers' spacings of the integer steps k of a discrete schedule,
-            mapped to t = (k + 1) / T ("trailing" equals "uniform" when N
-            divides T). "log_snr": uniform in log-SNR from t = 1 to
-            `schedule.t_min`. "karras": Karras et al. (2022) eq. 5 with `rho`
-            on sigma/alpha, from t = 1 to `schedule.t_min`.
+        spacing: "uniform": t_i = t_start (1 - i/N). "leading", "trailing",
+            "linspace": diffusers' spacings of the integer steps k of a
+            discrete schedule, mapped to t = (k + 1) / T ("trailing" equals
+            "uniform" when N divides T and t_start = 1). "log_snr": uniform
+            in log-SNR from t_start to `schedule.t_min`. "karras": Karras et
+            al. (2022) eq. 5 with `rho` on sigma/alpha, from t_start to
+            `schedule.t_min`.
         rho: the Karras exponent.
+        start_log_snr: see `start_time`.
 
     Returns:
         float32 tensor of shape [N].
@@ -45,7 +100,7 @@ def make_timesteps(schedule, num_steps, spacing="uniform", rho=7.0):
     n = ops.cast(num_steps, "float32")
     i = ops.cast(ops.arange(num_steps), "float32")
     if spacing == "uniform":
-        return 1.0 - i / n
+        return start_time(schedule, start_log_snr) * (1.0 - i / n)
     if spacing in DISCRETE_SPACINGS:
         total = float(schedule.num_train_timesteps)
         if spacing == "linspace":
@@ -55,15 +110,10 @@ def make_timesteps(schedule, num_steps, spacing="uniform", rho=7.0):
         else:  # trailing
             k = ops.round(total - i * (total / n)) - 1.0
         return (k + 1.0) / total
-    # log_snr and karras: between t = 1 and t_min, in log-SNR.
+    # log_snr and karras: between t_start and t_min, in log-SNR.
+    t_start = start_time(schedule, start_log_snr)
     hi = schedule.log_snr(ops.convert_to_tensor(schedule.t_min, "float32"))
-    lo = schedule.log_snr(ops.convert_to_tensor(1.0, "float32"))
-    # Rectified flow has log_snr(1) = -inf: start one t_min below.
-    lo = ops.where(
-        ops.isfinite(lo),
-        lo,
-        schedule.log_snr(ops.convert_to_tensor(1.0 - schedule.t_min, "float32")),
-    )
+    lo = schedule.log_snr(t_start)
     frac = i / ops.maximum(n - 1.0, 1.0)
     if spacing == "log_snr":
         log_snr = lo + frac * (hi - lo)
@@ -72,8 +122,8 @@ def make_timesteps(schedule, num_steps, spacing="uniform", rho=7.0):
         s_min = ops.exp(-0.5 * hi) ** (1.0 / rho)
         log_snr = -2.0 * rho * ops.log(s_max + frac * (s_min - s_max))
     t = schedule.t_from_log_snr(log_snr)
-    # The first point is t = 1 exactly.
-    return ops.where(i == 0.0, ops.ones_like(t), t)
+    # The first point is t_start exactly.
+    return ops.where(i == 0.0, t_start * ops.ones_like(t), t)
 
 
 def validate_timesteps(timesteps):

@@ -45,6 +45,9 @@ class EDMSchedule(Schedule):
         Diffusion-Based Generative Models, 2022 (Table 1, eq. 5).
     """
 
+    # EDM samples on its rho = 7 grid (eq. 5): the samplers' default here.
+    default_spacing = "karras"
+
     def __init__(self, sigma_min=0.002, sigma_max=80.0, rho=7.0, sigma_data=0.5):
         sigma_min, sigma_max = float(sigma_min), float(sigma_max)
         rho, sigma_data = float(rho), float(sigma_data)

@@ -314,12 +314,12 @@ class ExportTest(TestCase):
             labels=tf.constant(LABELS), text=tf.constant(TEXT),
         )
         cases = [
-            ("num_steps", tf.constant(0), "`num_steps` must be >= 1"),
+            ("num_steps", tf.constant(0), "`num_steps` must be in [1, 1000]"),
             ("num_steps", tf.constant(-3), "received num_steps =] [-3]"),
             ("guidance_scale", tf.constant(-0.5), "`guidance_scale` must be >= 0"),
             ("guidance_scale", tf.constant(float("nan")), "`guidance_scale` must be >= 0"),
             ("labels", tf.constant([0, 3]), "`labels` must be integers in [0, 3)"),
-            ("batch_size", tf.constant(-1), "`batch_size` must be >= 1"),
+            ("batch_size", tf.constant(-1), "`batch_size` must be in [1, 64]"),
             ("text", tf.constant(["a", "b", "c"]), "`text` must have the batch size or 1"),
         ]
         for key, value, message in cases:
@@ -425,7 +425,7 @@ class ExportLatentAndArgumentsTest(TestCase):
             export_saved_model(object(), os.path.join(self.get_temp_dir(), "x"))
 
     def test_latent_model_decodes_in_graph_and_overwrites(self):
-        """A latent model (a DiffusionModel on latents with a `vae`): the VAE
+        """A latent model (a DiffusionModel whose codec is a VAE): the VAE
         decode runs in the graph; the export replaces an existing directory."""
         import tensorflow as tf
 
@@ -444,7 +444,9 @@ class ExportLatentAndArgumentsTest(TestCase):
                  attention_resolutions=(), num_groups=4),
             image_shape=(4, 4, 2), schedule="linear",
         )
-        model.vae = vae
+        from keras_diffusion.models import VAECodec
+
+        model.codec = VAECodec(vae)
         model.build(None)
         path = self.get_temp_dir()
         with open(os.path.join(path, "stale.txt"), "w") as f:
@@ -460,8 +462,8 @@ class ExportLatentAndArgumentsTest(TestCase):
             guidance_scale=tf.constant(1.0), num_steps=tf.constant(3),
         )
         self.assertEqual(tuple(out["images"].shape), (2, 8, 8, 3))
-        latents = model.generate(2, sampler="ddim", num_steps=3, seed=SEED, clip=False,
-                                 verbose=0)
+        _, latents = model.generate(2, sampler="ddim", num_steps=3, seed=SEED, clip=False,
+                                    verbose=0, return_latents=True)
         expected = np.clip(np.asarray(vae.decode_latents(latents)), -1, 1)
         self.assertAllClose(out["images_float"], expected, atol=1e-5, rtol=0)
         sig = served.signatures["generate"].structured_input_signature[1]

@@ -56,7 +56,10 @@ class Img2ImgTest(TestCase):
             sampler = samplers.get(name)
             # The ODE sampler's default span ends at t = 1e-3, where its
             # solver meets NaN for this model (an ODESampler issue): stop at 0.01.
-            grid = dict(timesteps=[1.0, 0.6, 0.01]) if name == "ode" else dict(num_steps=20)
+            # A grid from t = 1 with a point at 0.6 (the default grid on cosine
+            # starts at t = 0.9966, `samplers.spacing.start_time`).
+            uniform = [1.0 - i / 20 for i in range(20)]
+            grid = dict(timesteps=[1.0, 0.6, 0.01] if name == "ode" else uniform)
             tail = i2i.strength_timesteps(sampler, schedule, 0.6, **grid)
             self.assertAlmostEqual(float(tail[0]), 0.6, places=5, msg=name)
             out = i2i.img2img(
@@ -83,9 +86,12 @@ class Img2ImgTest(TestCase):
         fn = gaussian_x0_fn(schedule)
         for name in ("ddim", "dpm_solver"):
             sampler = samplers.get(name)
+            # From t = 1 exactly (where alpha = 0): the default grid starts at
+            # log-SNR -10.5, where img2img's start keeps alpha(t0) x ~ 0.005 x.
+            grid = [1.0, 0.8, 0.6, 0.4, 0.2]
             full = i2i.img2img(fn, images, sampler=sampler, schedule=schedule,
-                               prediction="x0", strength=1.0, num_steps=5, noise=eps, seed=0)
-            plain = sampler.sample(fn, eps, schedule=schedule, prediction="x0", num_steps=5)
+                               prediction="x0", strength=1.0, timesteps=grid, noise=eps, seed=0)
+            plain = sampler.sample(fn, eps, schedule=schedule, prediction="x0", timesteps=grid)
             self.assertAllClose(full, plain, atol=1e-5)
         same = i2i.img2img(fn, images, sampler="ddim", schedule=schedule, prediction="x0",
                            strength=0.0, num_steps=5)
@@ -114,10 +120,11 @@ class InpaintTest(TestCase):
         fn = gaussian_x0_fn(schedule)
         for name in DETERMINISTIC:
             sampler = samplers.get(name)
+            grid = [1.0 - i / 6 for i in range(6)]  # From t = 1, where alpha = 0.
             out = np.asarray(i2i.inpaint(fn, images, mask, sampler=sampler, schedule=schedule,
-                                         prediction="x0", num_steps=6, seed=0, noise=eps))
+                                         prediction="x0", timesteps=grid, seed=0, noise=eps))
             plain = np.asarray(sampler.sample(fn, eps, schedule=schedule, prediction="x0",
-                                              num_steps=6))
+                                              timesteps=grid))
             known = mask[None] == 0
             np.testing.assert_array_equal(out[np.broadcast_to(known, out.shape)],
                                           images[np.broadcast_to(known, out.shape)])

@@ -130,7 +130,7 @@ class BridgeTest(TestCase):
             StableDiffusionDenoiser,
             dict(image_height=64, image_width=64, max_text_length=4, download_weights=False),
             x_shape=(1, 8, 8, 4), context_shape=(1, 4, 768), lora_target=None,
-            run_mixed_precision=False, run_saving=False,
+            run_mixed_precision=False, run_saving=False, run_serialization=False,
         )
         rng = np.random.default_rng(0)
         inputs = {

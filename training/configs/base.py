@@ -43,7 +43,7 @@ def get_base_config():
     model.preset = ""  # a denoiser preset name (from_preset) instead
     model.schedule = "cosine"
     model.schedule_kwargs = ml_collections.ConfigDict()
-    model.prediction = "epsilon"
+    model.prediction = "v"  # as DiffusionModel's default (see its DEFAULT_PREDICTION)
     model.weighting = "none"
     model.time_distribution = "uniform"
     model.num_classes = 0  # 0: unconditional
