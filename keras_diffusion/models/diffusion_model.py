@@ -564,7 +564,21 @@ class DiffusionModel(keras.Model):
         ):
             # Datasets and generators come shuffled: no warning for Keras' default.
             kwargs.setdefault("shuffle", False)
-        return super().fit(x, y, *args, **kwargs)
+        history = super().fit(x, y, *args, **kwargs)
+        self._unalias_ema_weights()
+        return history
+
+    def _unalias_ema_weights(self):
+        """On JAX, fit() ends by assigning the EMA arrays to the weights
+        (Keras' finalize step), so each weight and its EMA variable share
+        one buffer; the next jitted step donates the weights' buffers and
+        would delete the EMA values with them. Give the weights copies."""
+        if keras.backend.backend() != "jax":
+            return
+        ema = self._ema_by_variable()
+        for variable in self.trainable_variables:
+            if id(variable) in ema:
+                variable.assign(ops.copy(variable.value))
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         x = self._prepare_fit(x, y)
