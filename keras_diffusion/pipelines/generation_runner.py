@@ -27,7 +27,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_diffusion import random as random_lib
 from keras_diffusion.guidance import classifier_free_guidance
 from keras_diffusion.pipelines import image_to_image
 
@@ -71,22 +70,19 @@ class GenerationRunner:
 
         def resolve(x_t):
             null = self.null_condition(ops.shape(x_t)[0])
-            cond = {k: condition.get(k, v) if condition.get(k) is not None else v
+            cond = {k: v if condition.get(k) is None else condition[k]
                     for k, v in null.items()}
             return cond, null
-
-        def conditional(x_t, t, cond):
-            return self.network(x_t, t, cond)
 
         plain = not self.conditional or (
             isinstance(guidance_scale, (int, float)) and guidance_scale == 1
         )
         if plain:
-            return lambda x_t, t: conditional(x_t, t, resolve(x_t)[0])
+            return lambda x_t, t: self.network(x_t, t, resolve(x_t)[0])
 
         def guided(x_t, t):
             cond, null = resolve(x_t)
-            return classifier_free_guidance(conditional, cond, null, guidance_scale)(x_t, t)
+            return classifier_free_guidance(self.network, cond, null, guidance_scale)(x_t, t)
 
         return guided
 
@@ -215,7 +211,3 @@ def _compile(fn, jit_compile):
         return jax.jit(fn)
     return fn
 
-
-def initial_noise_numpy(shape, seed):
-    """`random.initial_noise` as a float32 numpy array."""
-    return np.asarray(ops.convert_to_numpy(random_lib.initial_noise(shape, seed)), "float32")
