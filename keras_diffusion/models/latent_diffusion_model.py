@@ -7,6 +7,7 @@ from keras import ops
 from keras_diffusion.conditioning import parse_batch
 from keras_diffusion.models.codecs import VAECodec
 from keras_diffusion.models.diffusion_model import DiffusionModel
+from keras_diffusion.utils import saving
 
 
 def _freeze(model):
@@ -95,7 +96,7 @@ class LatentDiffusionModel(DiffusionModel):
                 "StableDiffusionVAE, or the path of a saved .keras VAE), received vae=None"
             )
         if isinstance(vae, str):
-            vae = keras.saving.load_model(vae, compile=False)
+            vae = saving.load_model(vae, compile=False)
         if isinstance(vae, dict):
             vae = keras.saving.deserialize_keras_object(vae)
         codec = VAECodec(vae, condition_encoding)

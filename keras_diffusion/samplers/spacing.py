@@ -3,6 +3,8 @@
 import numpy as np
 from keras import ops
 
+from keras_diffusion.utils.asserts import runtime_check
+
 SPACINGS = ("uniform", "leading", "trailing", "linspace", "log_snr", "karras")
 DISCRETE_SPACINGS = ("leading", "trailing", "linspace")
 
@@ -91,6 +93,11 @@ def make_timesteps(
         raise ValueError(f"Unknown `spacing`: {spacing!r}. Valid names: {list(SPACINGS)}")
     if _is_python_int(num_steps) and num_steps < 1:
         raise ValueError(f"`num_steps` must be at least 1, received num_steps={num_steps}")
+    if not _is_python_int(num_steps):
+        # A tensor (e.g. a traced function's input): checked when the graph runs.
+        num_steps = runtime_check(
+            num_steps, ops.all(num_steps >= 1), "`num_steps` must be at least 1"
+        )
     if spacing in DISCRETE_SPACINGS and schedule.num_train_timesteps is None:
         raise ValueError(
             f"`spacing`={spacing!r} needs a discrete schedule (with "
@@ -134,7 +141,7 @@ def validate_timesteps(timesteps):
     try:
         values = np.asarray(ops.convert_to_numpy(timesteps), dtype=np.float64)
     except Exception:  # A symbolic tensor inside a traced function.
-        return ops.cast(timesteps, "float32")
+        return _check_symbolic_timesteps(ops.cast(timesteps, "float32"))
     if values.ndim != 1 or values.size < 1:
         raise ValueError(
             "`timesteps` must be a non-empty 1-D sequence, received shape "
@@ -147,3 +154,14 @@ def validate_timesteps(timesteps):
             f"`timesteps` must be strictly decreasing, received timesteps={values}"
         )
     return ops.convert_to_tensor(values.astype("float32"))
+
+
+def _check_symbolic_timesteps(t):
+    """The checks of `validate_timesteps`, run when the traced graph runs."""
+    if len(t.shape) != 1:
+        raise ValueError(f"`timesteps` must be 1-D, received shape {tuple(t.shape)}")
+    in_range = ops.all(ops.logical_and(t > 0.0, t <= 1.0))
+    t = runtime_check(t, in_range, "`timesteps` must lie in (0, 1] (and not be NaN)")
+    decreasing = ops.all(t[1:] < t[:-1])
+    t = runtime_check(t, decreasing, "`timesteps` must be strictly decreasing")
+    return runtime_check(t, ops.shape(t)[0] >= 1, "`timesteps` must not be empty")

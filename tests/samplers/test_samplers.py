@@ -501,6 +501,34 @@ class TensorFlowOnlyTest(TestCase):
             )
             self.assertAllClose(run(tf.constant(n)), expected, atol=1e-5)
 
+    def test_traced_timesteps_and_num_steps_are_checked(self):
+        # Inside a tf.function the grid is a tensor: it is checked when the graph runs.
+        self.skip_unless_tensorflow()
+        import tensorflow as tf
+
+        schedule = schedules.CosineSchedule()
+        model_fn = GMM.denoiser(schedule, "epsilon")
+        sampler = samplers.DDIMSampler()
+        noise = _noise(4)
+        kwargs = dict(schedule=schedule, prediction="epsilon", seed=0)
+        run_times = tf.function(lambda ts: sampler.sample(model_fn, noise, timesteps=ts, **kwargs))
+        run_steps = tf.function(lambda n: sampler.sample(model_fn, noise, num_steps=n, **kwargs))
+        good = [0.9, 0.5, 0.1]
+        self.assertAllClose(
+            run_times(tf.constant(good)), sampler.sample(model_fn, noise, timesteps=good, **kwargs),
+            atol=1e-5,
+        )
+        for bad, message in [
+            ([0.5, 0.9], "strictly decreasing"),
+            ([1.5, 0.5], r"lie in \(0, 1\]"),
+            ([float("nan"), 0.5], "NaN"),
+        ]:
+            with self.assertRaisesRegex(tf.errors.InvalidArgumentError, message):
+                run_times(tf.constant(bad))
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "`num_steps` must be at least 1"):
+            run_steps(tf.constant(0))
+        self.assertEqual(run_steps(tf.constant(2)).shape, noise.shape)
+
     def test_ode_sampler(self):
         self.skip_unless_tensorflow()
         schedule = schedules.CosineSchedule()

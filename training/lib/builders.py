@@ -3,6 +3,7 @@
 import keras
 
 from keras_diffusion import data as data_lib
+from keras_diffusion.utils import saving
 
 
 def _size(config):
@@ -185,9 +186,8 @@ def build_vae(config):
             "(keras_diffusion.models.VAE), 'stable_diffusion', or 'new' (untrained, "
             "tests only); received model.vae=''"
         )
-    if not os.path.exists(m.vae):
-        raise FileNotFoundError(f"No VAE at model.vae={m.vae!r}")
-    return keras.saving.load_model(m.vae, compile=False)
+    saving.check_keras_file(m.vae, "model.vae")
+    return saving.load_model(m.vae, compile=False)
 
 
 class GraphTextEncoder(keras.layers.Layer):

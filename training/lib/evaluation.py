@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from keras_diffusion import data as data_lib
+from keras_diffusion.utils import saving
 from training.lib import builders
 
 
@@ -46,7 +47,8 @@ def build_feature_extractor(config):
         if e.feature_extractor == "inception":
             extractor.model  # Builds InceptionV3: RuntimeError saying what to do offline.
         return extractor
-    model = keras.saving.load_model(e.feature_extractor, compile=False)
+    saving.check_keras_file(e.feature_extractor, "eval.feature_extractor")
+    model = saving.load_model(e.feature_extractor, compile=False)
     if e.feature_layer:
         try:
             layer = model.get_layer(e.feature_layer)
