@@ -4,6 +4,7 @@ from keras import ops
 
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.solver_utils import at
+from keras_diffusion.samplers.solver_utils import check_order
 from keras_diffusion.schedules.schedule import register
 
 
@@ -62,9 +63,7 @@ class DEISSampler(Sampler):
 
     def __init__(self, order=3, lower_order_final=True, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"`order` must be 1, 2 or 3, received order={order!r}")
-        self.order = int(order)
+        self.order = check_order(order)
         self.lower_order_final = bool(lower_order_final)
 
     def get_config(self):

@@ -3,16 +3,16 @@
 from keras import ops
 
 from keras_diffusion.samplers.sampler import Sampler
+from keras_diffusion.samplers.solver_utils import at
+from keras_diffusion.samplers.solver_utils import check_choice
+from keras_diffusion.samplers.solver_utils import check_order
+from keras_diffusion.samplers.solver_utils import finite
+from keras_diffusion.samplers.solver_utils import multistep_order
 from keras_diffusion.schedules.schedule import register
 
 ALGORITHMS = ("dpmsolver++", "dpmsolver")
 SOLVERS = ("multistep",)
 THIRD_ORDER = ("taylor", "diffusers")
-
-
-def _finite(x, fill=1.0):
-    """`x` where finite, else `fill`: keeps inf/NaN out of unselected branches."""
-    return ops.where(ops.isfinite(x), x, fill)
 
 
 @register
@@ -81,22 +81,10 @@ class DPMSolverSampler(Sampler):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"`order` must be 1, 2 or 3, received order={order!r}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"Unknown `algorithm`: {algorithm!r}. Valid names: {list(ALGORITHMS)}"
-            )
-        if solver not in SOLVERS:
-            raise ValueError(f"Unknown `solver`: {solver!r}. Valid names: {list(SOLVERS)}")
-        if third_order not in THIRD_ORDER:
-            raise ValueError(
-                f"Unknown `third_order`: {third_order!r}. Valid names: {list(THIRD_ORDER)}"
-            )
-        self.order = int(order)
-        self.third_order = third_order
-        self.algorithm = algorithm
-        self.solver = solver
+        self.order = check_order(order)
+        self.third_order = check_choice("third_order", third_order, THIRD_ORDER)
+        self.algorithm = check_choice("algorithm", algorithm, ALGORITHMS)
+        self.solver = check_choice("solver", solver, SOLVERS)
         self.lower_order_final = bool(lower_order_final)
 
     def get_config(self):
@@ -121,23 +109,16 @@ class DPMSolverSampler(Sampler):
             m0 = x0 if data else eps
             alpha_t, sigma_t = schedule.alpha_sigma(t)
             alpha_s, sigma_s = schedule.alpha_sigma(s)
-            lam_t = lambdas[i]
-            lam_1 = lambdas[ops.maximum(i - 1, 0)]
-            lam_2 = lambdas[ops.maximum(i - 2, 0)]
+            lam_t, lam_1, lam_2 = lambdas[i], at(lambdas, i - 1), at(lambdas, i - 2)
             # h is +inf on a step to sigma = 0 (and from alpha = 0): the
             # exponentials take it as it is, divisions get a finite stand-in.
             h_raw = lambdas[i + 1] - lam_t
-            h = _finite(h_raw)
-            r0 = _finite((lam_t - lam_1) / h)
-            r1 = _finite((lam_1 - lam_2) / h)
-            # The order of this step: warm-up, and lower order at the end.
-            order = ops.minimum(self.order, i + 1)
-            if self.lower_order_final:
-                low = ops.logical_and(i == num_steps - 2, num_steps < 15)
-                order = ops.where(low, ops.minimum(order, 2), order)
-            # A previous time at lambda = -inf (alpha = 0) gives no slope.
-            order = ops.where(ops.isfinite(lam_1), order, 1)
-            order = ops.where(ops.logical_or(ops.isfinite(lam_2), order < 3), order, 2)
+            h = finite(h_raw)
+            r0 = finite((lam_t - lam_1) / h)
+            r1 = finite((lam_1 - lam_2) / h)
+            order = multistep_order(
+                self.order, i, num_steps, self.lower_order_final, lam_1, lam_2
+            )
             # Divided differences (diffusers' D1_0, D1_1, D1, D2).
             d1_0 = (m0 - m1) / ops.where(order >= 2, r0, 1.0)
             d1_1 = (m1 - m2) / ops.where(order >= 3, r1, 1.0)

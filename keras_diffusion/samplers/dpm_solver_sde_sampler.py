@@ -5,7 +5,10 @@ from keras import ops
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.sampler import step_noise
 from keras_diffusion.samplers.solver_utils import at
+from keras_diffusion.samplers.solver_utils import check_choice
+from keras_diffusion.samplers.solver_utils import check_order
 from keras_diffusion.samplers.solver_utils import finite
+from keras_diffusion.samplers.solver_utils import multistep_order
 from keras_diffusion.schedules.schedule import register
 
 SOLVER_TYPES = ("midpoint", "heun")
@@ -75,21 +78,11 @@ class DPMSolverSDESampler(Sampler):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"`order` must be 1, 2 or 3, received order={order!r}")
-        if solver_type not in SOLVER_TYPES:
-            raise ValueError(
-                f"Unknown `solver_type`: {solver_type!r}. Valid names: {list(SOLVER_TYPES)}"
-            )
-        if third_order not in THIRD_ORDER:
-            raise ValueError(
-                f"Unknown `third_order`: {third_order!r}. Valid names: {list(THIRD_ORDER)}"
-            )
         if not float(s_noise) >= 0:
             raise ValueError(f"`s_noise` must be >= 0, received s_noise={s_noise}")
-        self.order = int(order)
-        self.solver_type = solver_type
-        self.third_order = third_order
+        self.order = check_order(order)
+        self.solver_type = check_choice("solver_type", solver_type, SOLVER_TYPES)
+        self.third_order = check_choice("third_order", third_order, THIRD_ORDER)
         self.lower_order_final = bool(lower_order_final)
         self.s_noise = float(s_noise)
 
@@ -118,12 +111,9 @@ class DPMSolverSDESampler(Sampler):
             # take it as it is, divisions get a finite stand-in.
             h_raw = lambdas[i + 1] - lam_t
             h = finite(h_raw)
-            order = ops.minimum(self.order, i + 1)
-            if self.lower_order_final:
-                low = ops.logical_and(i == num_steps - 2, num_steps < 15)
-                order = ops.where(low, ops.minimum(order, 2), order)
-            order = ops.where(ops.isfinite(lam_1), order, 1)
-            order = ops.where(ops.logical_or(ops.isfinite(lam_2), order < 3), order, 2)
+            order = multistep_order(
+                self.order, i, num_steps, self.lower_order_final, lam_1, lam_2
+            )
             r0 = ops.where(order >= 2, finite((lam_t - lam_1) / h), 1.0)
             r1 = ops.where(order >= 3, finite((lam_1 - lam_2) / h), 1.0)
             d1_0 = (x0 - m1) / r0

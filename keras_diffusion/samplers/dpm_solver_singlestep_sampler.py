@@ -4,6 +4,8 @@ from keras import ops
 
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.solver_utils import at
+from keras_diffusion.samplers.solver_utils import check_choice
+from keras_diffusion.samplers.solver_utils import check_order
 from keras_diffusion.samplers.solver_utils import finite
 from keras_diffusion.schedules.schedule import register
 
@@ -60,14 +62,8 @@ class DPMSolverSinglestepSampler(Sampler):
 
     def __init__(self, order=2, solver_type="midpoint", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"`order` must be 1, 2 or 3, received order={order!r}")
-        if solver_type not in SOLVER_TYPES:
-            raise ValueError(
-                f"Unknown `solver_type`: {solver_type!r}. Valid names: {list(SOLVER_TYPES)}"
-            )
-        self.order = int(order)
-        self.solver_type = solver_type
+        self.order = check_order(order)
+        self.solver_type = check_choice("solver_type", solver_type, SOLVER_TYPES)
 
     def get_config(self):
         return {**super().get_config(), "order": self.order, "solver_type": self.solver_type}

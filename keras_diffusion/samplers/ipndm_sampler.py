@@ -3,6 +3,7 @@
 from keras import ops
 
 from keras_diffusion.samplers.sampler import Sampler
+from keras_diffusion.samplers.solver_utils import check_order
 from keras_diffusion.samplers.solver_utils import rescaled_sigma
 from keras_diffusion.schedules.schedule import register
 
@@ -53,9 +54,7 @@ class IPNDMSampler(Sampler):
 
     def __init__(self, order=4, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(order, bool) or order not in (1, 2, 3, 4):
-            raise ValueError(f"`order` must be 1, 2, 3 or 4, received order={order!r}")
-        self.order = int(order)
+        self.order = check_order(order, (1, 2, 3, 4))
 
     def get_config(self):
         return {**super().get_config(), "order": self.order}

@@ -3,6 +3,38 @@
 from keras import ops
 
 
+def check_order(order, orders=(1, 2, 3)):
+    """Returns `order` as an int, or raises naming it when not one of `orders`."""
+    if isinstance(order, bool) or order not in orders:
+        raise ValueError(
+            f"`order` must be one of {list(orders)}, received order={order!r}"
+        )
+    return int(order)
+
+
+def check_choice(argument, value, choices):
+    """Returns `value`, or raises naming `argument` when not one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"Unknown `{argument}`: {value!r}. Valid names: {list(choices)}")
+    return value
+
+
+def multistep_order(order, i, num_steps, lower_order_final, lam_1, lam_2):
+    """The order of step i of a multistep solver (DPM-Solver++, its SDE form).
+
+    The first steps warm up (order at most i + 1); with `lower_order_final`
+    and fewer than 15 steps the step before the last drops to order 2 (as
+    diffusers does); a previous time at lambda = -inf (alpha = 0) gives no
+    slope, so the order drops below it.
+    """
+    order = ops.minimum(order, i + 1)
+    if lower_order_final:
+        low = ops.logical_and(i == num_steps - 2, num_steps < 15)
+        order = ops.where(low, ops.minimum(order, 2), order)
+    order = ops.where(ops.isfinite(lam_1), order, 1)
+    return ops.where(ops.logical_or(ops.isfinite(lam_2), order < 3), order, 2)
+
+
 def finite(x, fill=1.0):
     """`x` where finite, else `fill`: keeps inf/NaN out of unselected branches."""
     return ops.where(ops.isfinite(x), x, fill)
