@@ -12,6 +12,11 @@ damaged), whether the rerun survives.
 
     python benchmarks/fault_injection.py               # ~10 min on 2 CPU cores
     python benchmarks/fault_injection.py --kills 5     # quicker
+    python benchmarks/fault_injection.py --serving-only  # the serving half only
+
+Serving half (benchmarks/fault_injection_serving.py): bad requests to the
+exported SavedModel from 4 threads; every one must fail, the process must
+survive, and good requests made meanwhile must return the same images.
 
 Writes benchmarks/results/fault_injection.{json,md}.
 """
@@ -384,6 +389,8 @@ def main():
                         help="comma-separated damage cases to run (default: all)")
     parser.add_argument("--root", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "fault_injection"))
+    parser.add_argument("--serving-only", action="store_true",
+                        help="rerun only the serving half, keeping the training results")
     args = parser.parse_args()
     root = args.root or tempfile.mkdtemp(prefix="fault_injection_")
     os.makedirs(root, exist_ok=True)
@@ -392,15 +399,18 @@ def main():
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
         "train_args": TOY_ARGS,
-        "training": training_half(root, args.kills, args.seed,
-                                  [c for c in args.cases.split(",") if c]),
     }
-    # ------------------------------------------------------------------
-    # Serving half: bad requests to the exported SavedModel from 4 threads
-    # (every one an error, the process survives, good requests made
-    # meanwhile return the same images as alone). Added by the lead here,
-    # as results["serving"] = {..., "markdown": "..."}.
-    # ------------------------------------------------------------------
+    if args.serving_only:
+        with open(args.out + ".json") as f:
+            results["training"] = json.load(f)["training"]
+    else:
+        results["training"] = training_half(root, args.kills, args.seed,
+                                            [c for c in args.cases.split(",") if c])
+    # Serving half: bad requests to the exported SavedModel from 4 threads.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from fault_injection_serving import serving_half
+
+    results["serving"] = serving_half(os.path.join(root, "serving"))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(results, f, indent=2)

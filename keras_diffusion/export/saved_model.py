@@ -368,6 +368,19 @@ class _Endpoints:
                  f"export), received {given} batch =", batch],
             )
         ]
+        for key in ("noise", "x_t"):
+            if key in inputs:
+                # A served signature does not enforce its TensorSpec's shape.
+                shape = list(self.spec.sample_shape)
+                checks.append(
+                    _assert(
+                        tf.reduce_all(
+                            tf.equal(tf.shape(inputs[key], out_type=tf.int32)[1:], shape)
+                        ),
+                        [f"`{key}` must have shape [batch, {', '.join(map(str, shape))}], "
+                         "received shape", tf.shape(inputs[key])],
+                    )
+                )
         if "num_steps" in inputs:
             n = inputs["num_steps"]
             checks.append(

@@ -592,9 +592,15 @@ class ExportBoundsTest(TestCase):
         with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "noise"):
             served.signatures["generate_from_noise"](
                 noise=tf.zeros((5, 2)), num_steps=tf.constant(2), **common)
+        # The served signature does not enforce the TensorSpec's shape: the graph does.
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "`noise` must have shape"):
+            served.signatures["generate_from_noise"](
+                noise=tf.zeros((2, 3)), num_steps=tf.constant(2), **common)
         denoise = served.signatures["denoise"]
         self.assertEqual(denoise(x_t=tf.zeros((2, 2)), t=tf.constant([0.0, 1.0]))[
             "prediction"].shape, (2, 2))
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "`x_t` must have shape"):
+            denoise(x_t=tf.zeros((2, 3)), t=tf.constant([0.5, 0.5]))
         for bad in ([0.5, 1.5], [-0.1, 0.5], [float("nan"), 0.5]):
             with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "`t` must be in"):
                 denoise(x_t=tf.zeros((2, 2)), t=tf.constant(bad))
