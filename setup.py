@@ -35,6 +35,8 @@ setuptools.setup(
         "tfds": ["tensorflow-datasets>=4.9"],
         "test": [
             "pytest>=8",
+            # Two test processes: most test time is single-threaded tracing.
+            "pytest-xdist>=3.5",
             "jax[cpu]>=0.4.30",
             "scikit-learn>=1.4",
             "matplotlib>=3.8",
