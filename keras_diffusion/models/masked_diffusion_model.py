@@ -130,9 +130,12 @@ class MaskedDiffusionLM(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bpc_tracker = keras.metrics.Mean(name="bpc")
         self.stderr_tracker = _StandardError(name="bpc_stderr")
-        self.vectorizer = None
+        # The tokenizer is kept out of Keras' layer tracking: a tracked
+        # TextVectorization (supports_jit=False) would turn XLA off for the
+        # whole model's train step. Its vocabulary is saved in the config.
+        vectorizer = None
         try:
-            self.vectorizer = keras.layers.TextVectorization(
+            vectorizer = keras.layers.TextVectorization(
                 max_tokens=self.max_vocabulary_size,
                 standardize=None,
                 split="character",
@@ -142,6 +145,7 @@ class MaskedDiffusionLM(keras.Model):
             )
         except ImportError:  # TextVectorization needs TensorFlow.
             pass
+        object.__setattr__(self, "vectorizer", vectorizer)
         self.vocabulary = None
         self.denoiser = None
         if vocabulary is not None:
