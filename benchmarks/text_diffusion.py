@@ -229,6 +229,11 @@ def run_markov(args, samples_out):
     h, pi = entropy_rate(P)
     pairs = pi.reshape(27, 27)
     h_pair = float(-(pi[pi > 0] * np.log2(pi[pi > 0])).sum())
+    unigram = pairs.sum(0)
+    # Reference points: what a model that learned only the symbol frequencies
+    # (order 0) or only the previous symbol (order 1) would score.
+    h_order0 = float(-(unigram * np.log2(unigram)).sum())
+    h_order1 = float(-(pairs * np.log2(pairs / pairs.sum(1, keepdims=True))).sum())
     L = args.sequence_length
     window = (h_pair + (L - 2) * h) / L  # Exact entropy per character of a window.
     train = sample_chain(P, pi, args.train_sequences, L, seed=1) + 2  # ids 2.. (0 pad, 1 UNK)
@@ -249,6 +254,8 @@ def run_markov(args, samples_out):
     return {
         "entropy_rate_bits": h,
         "window_entropy_bits_per_char": window,
+        "order0_entropy_bits": h_order0,
+        "order1_conditional_entropy_bits": h_order1,
         "sequence_length": L,
         "mdlm": {"elbo_bpc": ev["bpc"], "bpc_stderr": ev["bpc_stderr"],
                  "ratio_to_entropy_rate": ev["bpc"] / h,
@@ -364,6 +371,11 @@ def write(results, samples, args):
                   "| exact entropy of a %d-char window, per char | %.4f | %.3f |" % (
                       m["sequence_length"], m["window_entropy_bits_per_char"],
                       m["window_entropy_bits_per_char"] / m["entropy_rate_bits"]),
+                  "| symbol frequencies only (order-0 entropy) | %.4f | %.3f |" % (
+                      m["order0_entropy_bits"], m["order0_entropy_bits"] / m["entropy_rate_bits"]),
+                  "| previous symbol only (order-1 entropy) | %.4f | %.3f |" % (
+                      m["order1_conditional_entropy_bits"],
+                      m["order1_conditional_entropy_bits"] / m["entropy_rate_bits"]),
                   "| MDLM ELBO (± MC stderr) | %.4f ± %.4f | %.3f |" % (
                       m["mdlm"]["elbo_bpc"], m["mdlm"]["bpc_stderr"],
                       m["mdlm"]["ratio_to_entropy_rate"]),
