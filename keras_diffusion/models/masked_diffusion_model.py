@@ -282,7 +282,13 @@ class MaskedDiffusionLM(keras.Model):
                 first = next(x)
             except StopIteration:
                 raise ValueError("`x` is empty: the generator yields no batch") from None
-            x = _generator_dataset(first, x)
+            head = [first]
+            if self.vocabulary is None and np.asarray(_first(first)).dtype.kind in "USO":
+                # A generator is read once: adapt on its first batches and
+                # keep them for training.
+                head += list(itertools.islice(x, ADAPT_BATCHES - 1))
+                self.adapt([str(t) for b in head for t in np.asarray(_first(b)).reshape(-1)])
+            x = _generator_dataset(head[0], itertools.chain(head[1:], x))
         if hasattr(x, "element_spec"):
             import tensorflow as tf
 
@@ -442,7 +448,11 @@ class MaskedDiffusionLM(keras.Model):
 
     def update_metrics(self, bits, chars, valid):
         per_char = bits / ops.maximum(chars, 1.0)
-        self.loss_tracker.update_state(ops.sum(bits) / ops.maximum(ops.sum(chars), 1.0))
+        total = ops.sum(chars)
+        # Weighted by characters (an empty batch counts for nothing): `loss`
+        # is the bits per character of all the batches seen, as `bpc`.
+        self.loss_tracker.update_state(ops.sum(bits) / ops.maximum(total, 1.0),
+                                       sample_weight=total)
         self.bpc_tracker.update_state(per_char, sample_weight=chars)
         self.stderr_tracker.update_state(per_char, sample_weight=chars)
 
@@ -581,7 +591,9 @@ class MaskedDiffusionLM(keras.Model):
                 steps: the number of placeholders, at least 1).
 
         Returns:
-            the list of filled strings.
+            the list of filled strings (a position filled with the padding
+            token, which data shorter than `sequence_length` teaches, decodes
+            to nothing).
         """
         self._ensure_vocabulary()
         if isinstance(texts, str):

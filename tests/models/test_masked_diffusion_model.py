@@ -59,6 +59,14 @@ class MaskedDiffusionLMTest(TestCase):
                    zip(weights, self.model.trainable_weights)]
         self.assertTrue(any(changed))
 
+    def test_generator_of_strings_adapts_and_keeps_every_batch(self):
+        model = MaskedDiffusionLM(**SMALL)
+        model.fit((np.array(TEXTS[i: i + 2]) for i in range(0, 6, 2)), verbose=0)
+        self.assertEqual(set(model.vocabulary[2:]), set("".join(TEXTS[:6])))
+        # Adapting consumed no batch (Keras may add one empty step at the end
+        # of a generator's data).
+        self.assertGreaterEqual(int(model.optimizer.iterations), 3)
+
     def test_generate_infill_and_seeds(self):
         model = self.model
         a = model.generate(2, length=10, num_steps=4, seed=5)
@@ -75,7 +83,9 @@ class MaskedDiffusionLMTest(TestCase):
         greedy = model.generate(1, length=8, num_steps=8, seed=0, temperature=0.0, top_k=2)
         self.assertEqual(len(greedy), 1)
         filled = model.infill(["the c_t s_t", "_ dog"], seed=0)
-        self.assertEqual([f[:5] + f[6:9] + f[10:] for f in filled[:1]], ["the ct st"])
+        # The given characters stay, in order (a filled position may be the
+        # padding token, which decodes to nothing).
+        self.assertTrue(filled[0].startswith("the c") and " s" in filled[0][5:])
         self.assertTrue(filled[1].endswith(" dog") and len(filled[1]) <= 5)
         self.assertNotIn("_", "".join(filled))
 
