@@ -27,6 +27,7 @@ from keras_diffusion import samplers
 from keras_diffusion import schedules
 from keras_diffusion.models import DiffusionModel
 from keras_diffusion.models import LatentDiffusionModel
+from keras_diffusion.models import MaskedDiffusionLM
 from keras_diffusion.utils.saving import load_model
 
 __version__ = "0.2.0"

@@ -315,3 +315,88 @@ def diffusion_loss(
         inner = ops.clip(t, schedule.t_min + 1e-5, 1.0 - 1e-5)
         weight = weight / time_density(time_distribution, inner, schedule, loc=loc, scale=scale)
     return weight * error
+
+
+# ----------------------------------------------------------------------
+# Masked (absorbing-state) discrete diffusion: MDLM
+# ----------------------------------------------------------------------
+# Masked-token cross-entropy at times below this is weighted as at this time
+# (the weight 1/t of the log-linear schedule is unbounded at t = 0).
+MASKED_T_MIN = 1e-4
+_NEG_INF = -1e9
+
+
+def subs_log_probs(logits, z_t, mask_id):
+    """MDLM's SUBS parameterization: the denoiser's log-probabilities of x0.
+
+    Two substitutions (Sahoo et al., 2024, section 3.2.3): the mask token
+    gets zero probability (a masked position never predicts the mask), and
+    an unmasked position's distribution is the one-hot of its token (carry
+    over: unmasked tokens are copied through).
+
+    Args:
+        logits: the network's logits `(B, L, V)` over the vocabulary with
+            the mask token `mask_id` among them.
+        z_t: the noisy tokens `(B, L)` the network saw.
+        mask_id: the mask token's id.
+
+    Returns:
+        float32 log-probabilities `(B, L, V)`.
+    """
+    logits = ops.cast(logits, "float32")
+    vocab = ops.shape(logits)[-1]
+    is_mask_class = ops.equal(ops.arange(vocab), mask_id)
+    logits = ops.where(is_mask_class[None, None, :], _NEG_INF, logits)
+    log_probs = ops.log_softmax(logits, axis=-1)
+    copied = ops.where(ops.one_hot(z_t, vocab) > 0.5, 0.0, _NEG_INF)
+    unmasked = ops.not_equal(z_t, mask_id)[..., None]
+    return ops.where(unmasked, copied, log_probs)
+
+
+def mask_tokens(tokens, t, uniforms, schedule, mask_id):
+    """z_t ~ q(z_t | x): each token masked with probability 1 - alpha(t).
+
+    Args:
+        tokens: int `(B, L)` clean tokens.
+        t: `(B,)` times.
+        uniforms: `(B, L)` uniforms in [0, 1) deciding which tokens move.
+        schedule: a `MaskingSchedule`.
+        mask_id: the mask token's id.
+
+    Returns:
+        `(z_t, masked)`: the noisy tokens and the bool mask of moved tokens.
+    """
+    masked = uniforms < schedule.mask_probability(t)[:, None]
+    z_t = ops.where(masked, ops.cast(mask_id, tokens.dtype), tokens)
+    return z_t, masked
+
+
+def masked_diffusion_loss(network, tokens, t, uniforms, schedule, mask_id):
+    """The continuous-time negative ELBO of masked diffusion, per sequence.
+
+    MDLM's objective (Sahoo et al., 2024, eq. 10): with z_t ~ q(z_t | x),
+
+        NELBO(x) = E_t [ -alpha'(t) / (1 - alpha(t))
+                         * sum_{l: z_t^l = m} -log p_theta(x^l | z_t) ],
+
+    p_theta from `subs_log_probs`; a single-sample estimate at the given t
+    (unbiased for t ~ U(0, 1)). The prior term is zero (alpha(1) = 0: z_1 is
+    all mask) and so is the reconstruction term (unmasked tokens are copied).
+
+    Args:
+        network: `network(z_t, t) -> logits (B, L, V)`.
+        tokens: int `(B, L)` clean tokens (values in [0, V), never `mask_id`).
+        t: `(B,)` times in (0, 1].
+        uniforms: `(B, L)` uniforms that pick the masked tokens.
+        schedule: a `MaskingSchedule`.
+        mask_id: the mask token's id.
+
+    Returns:
+        float32 `(B,)`: the NELBO estimate of each sequence, in nats.
+    """
+    t = ops.clip(ops.cast(t, "float32"), MASKED_T_MIN, 1.0)
+    z_t, masked = mask_tokens(tokens, t, uniforms, schedule, mask_id)
+    log_probs = subs_log_probs(network(z_t, t), z_t, mask_id)
+    log_p = ops.take_along_axis(log_probs, ops.cast(tokens, "int32")[..., None], axis=-1)
+    cross_entropy = -ops.sum(log_p[..., 0] * ops.cast(masked, "float32"), axis=1)
+    return schedule.elbo_weight(t) * cross_entropy

@@ -8,7 +8,9 @@ from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.dit import DiT
 from keras_diffusion.models.edm_preconditioning import EDMPreconditioning
 from keras_diffusion.models.latent_diffusion_model import LatentDiffusionModel
+from keras_diffusion.models.masked_diffusion_model import MaskedDiffusionLM
 from keras_diffusion.models.mlp_denoiser import MLPDenoiser
 from keras_diffusion.models.text_conditioner import TextConditioner
+from keras_diffusion.models.token_transformer import TokenTransformer
 from keras_diffusion.models.unet import UNet
 from keras_diffusion.models.vae import VAE

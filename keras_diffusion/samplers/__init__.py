@@ -10,6 +10,7 @@ from keras_diffusion.samplers.edm_sampler import EDMSampler
 from keras_diffusion.samplers.euler_ancestral_sampler import EulerAncestralSampler
 from keras_diffusion.samplers.euler_sampler import EulerSampler
 from keras_diffusion.samplers.heun_sampler import HeunSampler
+from keras_diffusion.samplers.masked_diffusion_sampler import MaskedDiffusionSampler
 from keras_diffusion.samplers.ipndm_sampler import IPNDMSampler
 from keras_diffusion.samplers.ode_sampler import ODESampler
 from keras_diffusion.samplers.sampler import Sampler

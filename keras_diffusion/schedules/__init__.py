@@ -4,6 +4,7 @@ from keras_diffusion.schedules.cosine_schedule import CosineSchedule
 from keras_diffusion.schedules.discrete_schedule import DiscreteSchedule
 from keras_diffusion.schedules.edm_schedule import EDMSchedule
 from keras_diffusion.schedules.linear_schedule import LinearSchedule
+from keras_diffusion.schedules.masking_schedule import MaskingSchedule
 from keras_diffusion.schedules.rectified_flow_schedule import RectifiedFlowSchedule
 from keras_diffusion.schedules.scaled_linear_schedule import ScaledLinearSchedule
 from keras_diffusion.schedules.schedule import Schedule

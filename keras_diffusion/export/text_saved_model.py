@@ -1,0 +1,217 @@
+"""Export a masked diffusion language model as a SavedModel (TensorFlow only).
+
+The whole generation runs in the graph: the prefix's characters looked up
+in the vocabulary, the sampler loop (one `tf.while_loop`, with MDLM's
+caching as a `tf.cond`), the seeded draws of `keras_diffusion.random` and
+the decode to strings. Serving needs TensorFlow only.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+
+from keras_diffusion.export.saved_model import DEFAULT_MAX_BATCH_SIZE
+from keras_diffusion.export.saved_model import DEFAULT_MAX_NUM_STEPS
+from keras_diffusion.export.saved_model import METADATA_FILE
+from keras_diffusion.export.saved_model import _assert
+from keras_diffusion.export.saved_model import _tf_log_level
+from keras_diffusion.random import sampler_seed
+
+TEXT_SIGNATURES = ("serving_default", "generate_text", "generate_text_with_prefix")
+
+
+def export_text_saved_model(
+    model,
+    path,
+    overwrite=False,
+    temperature=1.0,
+    top_k=None,
+    max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+    max_num_steps=DEFAULT_MAX_NUM_STEPS,
+    verbose=False,
+):
+    """Writes a SavedModel of a text diffusion model that TF Serving runs.
+
+    Signatures (inputs -> outputs):
+
+    - `generate_text` (also `serving_default`): `seed` int64 scalar in
+      [0, 2**31), `batch_size` int32 scalar in [1, max_batch_size],
+      `length` int32 scalar in [1, sequence_length], `num_steps` int32
+      scalar in [1, max_num_steps] -> `text` string `(B,)`.
+    - `generate_text_with_prefix`: the same and `prefix`, a string scalar
+      (every text starts with it; at most `length` characters; characters
+      outside the vocabulary become '[UNK]').
+
+    Both give the texts of `model.generate(batch_size, length, num_steps,
+    seed=seed, prefix=prefix, temperature=..., top_k=...)` with the export's
+    `temperature` and `top_k`. A request out of these bounds fails with an
+    `InvalidArgumentError` naming the input and its value.
+
+    Args:
+        model: a trained model with `text_export_spec()` (a
+            `keras_diffusion.MaskedDiffusionLM`).
+        path: the SavedModel directory to write.
+        overwrite: replace `path` if it exists (else a `FileExistsError`).
+        temperature, top_k: the sampler's options (0: greedy).
+        max_batch_size: the largest `batch_size` a request may ask for.
+        max_num_steps: the largest `num_steps` a request may ask for.
+        verbose: print the endpoints written.
+
+    Returns:
+        `path`.
+
+    Example:
+    >>> export_text_saved_model(model, "/models/text/1")
+    >>> served = tf.saved_model.load("/models/text/1")
+    >>> served.signatures["generate_text"](
+    ...     seed=tf.constant(0, tf.int64), batch_size=tf.constant(2),
+    ...     length=tf.constant(64), num_steps=tf.constant(64))["text"]
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "Export to SavedModel needs the TensorFlow backend, the current backend "
+            f"is {keras.backend.backend()!r} (set KERAS_BACKEND=tensorflow)."
+        )
+    if not hasattr(model, "text_export_spec"):
+        raise ValueError(
+            "export_text_saved_model needs a text diffusion model (with "
+            f"text_export_spec(), such as MaskedDiffusionLM), received {type(model).__name__}"
+        )
+    for name, value in (("max_batch_size", max_batch_size), ("max_num_steps", max_num_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, received {name}={value!r}")
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"The export path {path!r} already exists; pass overwrite=True to replace it."
+        )
+    spec = model.text_export_spec()
+    sampler = spec["sampler"](temperature, top_k)
+    endpoints = _TextEndpoints(spec, sampler, max_batch_size, max_num_steps)
+    archive = keras.export.ExportArchive()
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        with _tf_log_level("ERROR"):
+            for layer in spec["layers"]:
+                archive.track(layer)
+            archive.track(endpoints.table)
+            for name, fn, signature in endpoints.endpoints():
+                archive.add_endpoint(name=name, fn=fn, input_signature=signature)
+            archive.write_out(tmp, verbose=bool(verbose))
+        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+            json.dump(endpoints.metadata(), f, indent=2)
+        if os.path.exists(path):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+class _TextEndpoints:
+    """The signatures' functions and input specs."""
+
+    def __init__(self, spec, sampler, max_batch_size, max_num_steps):
+        self.spec = spec
+        self.sampler = sampler
+        self.max_batch_size = int(max_batch_size)
+        self.max_num_steps = int(max_num_steps)
+        self.vocabulary = list(spec["vocabulary"])
+        self.mask_id = int(spec["mask_id"])
+        self.sequence_length = int(spec["sequence_length"])
+        import tensorflow as tf
+
+        chars = self.vocabulary[2:]
+        # The prefix's characters -> ids (unknown ones: 1, '[UNK]').
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(chars, tf.string), tf.range(2, len(chars) + 2, dtype=tf.int32)
+            ),
+            default_value=1,
+        )
+
+    def _specs(self, with_prefix):
+        import tensorflow as tf
+
+        specs = [
+            tf.TensorSpec((), tf.int64, name="seed"),
+            tf.TensorSpec((), tf.int32, name="batch_size"),
+            tf.TensorSpec((), tf.int32, name="length"),
+            tf.TensorSpec((), tf.int32, name="num_steps"),
+        ]
+        if with_prefix:
+            specs.append(tf.TensorSpec((), tf.string, name="prefix"))
+        return specs
+
+    def endpoints(self):
+        def plain(seed, batch_size, length, num_steps):
+            return self._generate(seed, batch_size, length, num_steps, None)
+
+        def with_prefix(seed, batch_size, length, num_steps, prefix):
+            return self._generate(seed, batch_size, length, num_steps, prefix)
+
+        return [
+            ("generate_text", plain, self._specs(False)),
+            ("generate_text_with_prefix", with_prefix, self._specs(True)),
+        ]
+
+    def metadata(self):
+        return {
+            "format": "keras_diffusion text SavedModel",
+            "signatures": {
+                "serving_default": ["batch_size", "length", "num_steps", "seed"],
+                "generate_text": ["batch_size", "length", "num_steps", "seed"],
+                "generate_text_with_prefix": ["batch_size", "length", "num_steps", "prefix",
+                                              "seed"],
+            },
+            "sampler": {"class": type(self.sampler).__name__, **self.sampler.get_config()},
+            "sequence_length": self.sequence_length,
+            "vocabulary_size": len(self.vocabulary),
+            "max_batch_size": self.max_batch_size,
+            "max_num_steps": self.max_num_steps,
+        }
+
+    def _generate(self, seed, batch_size, length, num_steps, prefix):
+        import tensorflow as tf
+
+        if prefix is None:
+            known = tf.zeros((0,), tf.int32)
+        else:
+            known = self.table.lookup(tf.strings.unicode_split(prefix, "UTF-8"))
+        num_known = tf.shape(known)[0]
+        checks = [
+            _assert(tf.logical_and(batch_size >= 1, batch_size <= self.max_batch_size),
+                    [f"`batch_size` must be in [1, {self.max_batch_size}] (max_batch_size of "
+                     "this export), received batch_size =", batch_size]),
+            _assert(tf.logical_and(length >= 1, length <= self.sequence_length),
+                    [f"`length` must be in [1, {self.sequence_length}] (the model's "
+                     "sequence_length), received length =", length]),
+            _assert(tf.logical_and(num_steps >= 1, num_steps <= self.max_num_steps),
+                    [f"`num_steps` must be in [1, {self.max_num_steps}] (max_num_steps of "
+                     "this export), received num_steps =", num_steps]),
+            _assert(tf.logical_and(seed >= 0, seed < 2**31),
+                    ["`seed` must be in [0, 2**31), received seed =", seed]),
+            _assert(num_known <= length,
+                    ["`prefix` is longer than `length`: characters =", num_known,
+                     "length =", length]),
+        ]
+        with tf.control_dependencies(checks):
+            batch_size = tf.identity(batch_size)
+            length = tf.identity(length)
+            known = tf.identity(known)
+        masks = tf.fill([length - num_known], self.mask_id)
+        row = tf.concat([known, masks], axis=0)
+        tokens = tf.tile(row[None, :], [batch_size, 1])
+        out, _ = self.spec["sample_tokens"](
+            tokens, sampler_seed(seed, 0), num_steps, self.sampler
+        )
+        table = tf.constant(self.vocabulary + [""], tf.string)
+        text = tf.strings.reduce_join(tf.gather(table, out), axis=-1)
+        return {"text": text}
