@@ -3,10 +3,12 @@
 import keras
 from keras import ops
 
+from keras_diffusion import objectives
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.distillation import Teacher
 from keras_diffusion.models.distillation import ode_step
 from keras_diffusion.samplers.spacing import start_time
+from keras_diffusion.schedules.schedule import broadcast_like
 
 
 class _Untracked:
@@ -163,14 +165,7 @@ class ProgressiveDistillationModel(DiffusionModel):
 
         x_mid = ode_step("ddim", denoise, x_t, t, t_mid, self.schedule)
         x_end = ops.stop_gradient(ode_step("ddim", denoise, x_mid, t_mid, t_end, self.schedule))
-        from keras_diffusion import objectives
-        from keras_diffusion.schedules.schedule import broadcast_like
-
-        alpha_t, sigma_t = self.schedule.alpha_sigma(t)
-        alpha_e, sigma_e = self.schedule.alpha_sigma(t_end)
-        ratio = broadcast_like(sigma_e / sigma_t, x0)
-        target = (x_end - ratio * x_t) / (broadcast_like(alpha_e, x0) - ratio
-                                          * broadcast_like(alpha_t, x0))
+        target = distillation_target(x_t, x_end, t, t_end, self.schedule)
         output = self.denoiser({"x_t": x_t, "t": t, **cond}, training=True)
         x0_hat, _ = objectives.to_x0_epsilon(self.prediction, output, x_t, t, self.schedule)
         error = ops.square(ops.reshape(x0_hat - target, (batch, -1)))
@@ -226,6 +221,20 @@ class ProgressiveDistillationModel(DiffusionModel):
             "guidance_scale": self.guidance_scale,
         })
         return config
+
+
+def distillation_target(x_t, x_end, t, t_end, schedule):
+    """The x0 whose DDIM step from (x_t, t) lands on x_end at t_end.
+
+        x~ = (x_end - (sigma_e / sigma_t) x_t) / (alpha_e - (sigma_e / sigma_t) alpha_t)
+
+    (Salimans & Ho, 2022, Algorithm 2), per example (`t`, `t_end` `[batch]`).
+    """
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    alpha_e, sigma_e = schedule.alpha_sigma(t_end)
+    ratio = broadcast_like(sigma_e / sigma_t, x_t)
+    return (x_end - ratio * x_t) / (broadcast_like(alpha_e, x_t)
+                                    - ratio * broadcast_like(alpha_t, x_t))
 
 
 def _copy_denoiser(teacher):

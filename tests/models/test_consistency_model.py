@@ -108,7 +108,7 @@ class ConsistencyModelTest(TestCase):
         model = ConsistencyModel(_mlp(), schedule=schedule, teacher=_ring_teacher(schedule),
                                  teacher_prediction="x0", solver="heun", seed=0)
         self.assertEqual(model.mode, "distillation")
-        model.compile(keras.optimizers.Adam(1e-2))
+        model.compile(keras.optimizers.Adam(1e-2), run_eagerly=True)
         history = model.fit(self._data(), batch_size=32, epochs=1, verbose=0)
         self.assertTrue(np.isfinite(history.history["loss"][-1]))
         self.assertEqual(len(model.target_variables), len(model.denoiser.trainable_variables))
@@ -118,10 +118,9 @@ class ConsistencyModelTest(TestCase):
         target = [np.asarray(v) for v in model.target_variables]
         self.assertGreater(max(np.abs(a - b).max() for a, b in zip(now, target)), 1e-6)
         self.assertEqual(float(np.asarray(model.step_counter)), 2.0)
-        for n in (1, 2, 4):
-            x = model.generate(5, num_steps=n, seed=0, verbose=0)
-            self.assertEqual(x.shape, (5, 2))
-            self.assertTrue(np.all(np.isfinite(x)))
+        x = model.generate(5, num_steps=3, seed=0, verbose=0)
+        self.assertEqual(x.shape, (5, 2))
+        self.assertTrue(np.all(np.isfinite(x)))
 
     def test_training_curriculum_and_class_conditions(self):
         model = ConsistencyModel(_mlp(num_classes=3), total_steps=700, seed=0)
@@ -132,6 +131,7 @@ class ConsistencyModelTest(TestCase):
             model.step_counter.assign(float(step))
             self.assertEqual(float(ops.convert_to_numpy(model._num_points())), expected)
         model.step_counter.assign(0.0)
+        model.compile(keras.optimizers.Adam(1e-2), run_eagerly=True)
         labels = np.array([0, 1, 2, 1] * 8, "int32")
         model.fit(self._data(32), labels, batch_size=16, epochs=1, verbose=0)
         n = ops.convert_to_numpy(model._draw_pairs(256, ops.convert_to_tensor(11.0)))
@@ -144,6 +144,7 @@ class ConsistencyModelTest(TestCase):
         teacher.build(None)
         student = ConsistencyModel(_mlp(num_classes=2), teacher=teacher, solver="dpm_solver",
                                    guidance_scale=3.0, seed=0)
+        student.compile(keras.optimizers.Adam(1e-2), run_eagerly=True)
         labels = np.array([0, 1] * 8, "int32")
         student.fit(self._data(16), labels, batch_size=16, epochs=1, verbose=0)
         self.assertEqual(student.generate(labels=[1], verbose=0).shape, (1, 2))
@@ -178,6 +179,7 @@ class ConsistencyModelTest(TestCase):
         schedule = schedules.get("cosine")
         model = ConsistencyModel(_mlp(), schedule=schedule, teacher=_ring_teacher(schedule),
                                  teacher_prediction="x0", seed=0)
+        model.compile(keras.optimizers.Adam(1e-2), run_eagerly=True)
         model.fit(self._data(16), batch_size=16, epochs=1, verbose=0)
         directory = self.get_temp_dir()
         path = os.path.join(directory, "cm.keras")
@@ -201,7 +203,7 @@ class ConsistencyModelTest(TestCase):
         export_path = os.path.join(directory, "export")
         model.export(export_path)
         served = tf.saved_model.load(export_path)
-        for n in (1, 2, 3, 4):
+        for n in (1, 4):
             out = served.signatures["generate"](
                 seed=tf.constant(3, tf.int64), batch_size=tf.constant(4),
                 guidance_scale=tf.constant(1.0), num_steps=tf.constant(n))
