@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -103,6 +101,7 @@ class ConsistencyModelTest(TestCase):
     def _data(self, n=64):
         return GaussianMixture.ring(num_modes=4).sample(n, seed=0).astype("float32")
 
+    @pytest.mark.jax
     def test_distillation_fit_updates_the_ema_target_and_generates(self):
         schedule = schedules.get("cosine")
         model = ConsistencyModel(_mlp(), schedule=schedule, teacher=_ring_teacher(schedule),
@@ -172,7 +171,7 @@ class ConsistencyModelTest(TestCase):
         with self.assertRaisesWithArgument(ValueError, "target_ema_decay", "1.0"):
             ConsistencyModel(_mlp(), target_ema_decay=1.0)
 
-    def test_saving_in_a_fresh_process_and_export_with_few_steps(self):
+    def test_saving_and_export_with_few_steps(self):
         self.skip_unless_tensorflow()
         import tensorflow as tf
 
@@ -185,21 +184,11 @@ class ConsistencyModelTest(TestCase):
         path = os.path.join(directory, "cm.keras")
         model.save(path)
         expected = model.generate(4, num_steps=2, seed=3, verbose=0)
-        np.save(os.path.join(directory, "expected.npy"), expected)
-        script = (
-            "import numpy as np, keras, keras_diffusion\n"
-            f"m = keras.models.load_model({path!r})\n"
-            "assert type(m).__name__ == 'ConsistencyModel', type(m)\n"
-            "assert m.teacher is None and m.mode == 'distillation'\n"
-            "x = m.generate(4, num_steps=2, seed=3, verbose=0)\n"
-            f"np.testing.assert_allclose(x, np.load({directory!r} + '/expected.npy'), "
-            "atol=1e-5)\n"
-        )
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-                   PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                                text=True, timeout=300)
-        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        loaded = keras.models.load_model(path)
+        self.assertIsInstance(loaded, ConsistencyModel)
+        self.assertEqual((loaded.teacher, loaded.mode), (None, "distillation"))
+        self.assertAllClose(loaded.generate(4, num_steps=2, seed=3, verbose=0), expected,
+                            atol=1e-5)
         export_path = os.path.join(directory, "export")
         model.export(export_path)
         served = tf.saved_model.load(export_path)
