@@ -101,7 +101,6 @@ class ConsistencyModelTest(TestCase):
     def _data(self, n=64):
         return GaussianMixture.ring(num_modes=4).sample(n, seed=0).astype("float32")
 
-    @pytest.mark.jax
     def test_distillation_fit_updates_the_ema_target_and_generates(self):
         schedule = schedules.get("cosine")
         model = ConsistencyModel(_mlp(), schedule=schedule, teacher=_ring_teacher(schedule),
