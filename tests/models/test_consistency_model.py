@@ -198,3 +198,35 @@ class ConsistencyModelTest(TestCase):
             self.assertAllClose(out["images_float"],
                                 model.generate(4, num_steps=n, seed=3, verbose=0),
                                 atol=1e-4, rtol=1e-4)
+
+
+class TextConsistencyModelTest(TestCase):
+    def test_text_conditioned_distillation_shares_the_teacher_encoder(self):
+        self.skip_unless_tensorflow()
+        from keras_diffusion.models import TextConditioner
+        from keras_diffusion.models import UNet
+
+        encoder = TextConditioner(vocabulary_size=20, sequence_length=4, embedding_dim=8,
+                                  num_layers=1, num_heads=1)
+        encoder.adapt(["a red square", "a blue dot"])
+
+        def unet():
+            return UNet(input_channels=1, base_channels=8, channel_multipliers=(1,),
+                        num_res_blocks=1, attention_resolutions=(), context_dim=8,
+                        num_groups=4)
+
+        teacher = DiffusionModel(unet(), text_encoder=encoder, image_shape=(4, 4, 1))
+        teacher.build(None)
+        encoder.trainable = False
+        student = ConsistencyModel(unet(), teacher=teacher, text_encoder=encoder,
+                                   solver="ddim", guidance_scale=2.0, seed=0)
+        student.compile(keras.optimizers.Adam(1e-3), run_eagerly=True)
+        images = np.random.default_rng(0).uniform(-1, 1, (4, 4, 4, 1)).astype("float32")
+        import tensorflow as tf
+
+        data = tf.data.Dataset.from_tensor_slices(
+            {"images": images, "text": ["a red square", "a blue dot"] * 2}).batch(4)
+        history = student.fit(data, verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"][-1]))
+        out = student.generate(text=["a blue dot"], num_steps=2, seed=0, verbose=0)
+        self.assertEqual(out.shape, (1, 4, 4, 1))
