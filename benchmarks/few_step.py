@@ -13,7 +13,7 @@ cosine schedule (rectified flow for reflow). Students are `MLPDenoiser`s
 - CT: `ConsistencyModel()` (iCT: pseudo-Huber, lognormal draw, the
   curriculum 10 -> 1280 over the run, no EMA target);
 - PD: `ProgressiveDistillationModel` from the exact teacher at 8 DDIM
-  steps, then `next_round()`: 8 -> 4 -> 2 -> 1, `--steps` per round;
+  steps, then `next_round()`: 8 -> 4 -> 2 -> 1, `--steps` / 2 per round;
 - reflow: (noise, sample) pairs from the exact rectified flow (DPM-Solver++
   20 steps), `ReflowModel` trained on them (Euler sampling), and its 1-step
   distillation (`ReflowModel(distill=True)`), with the straightness
@@ -155,7 +155,7 @@ def run_dataset(name, gmm, steps, log):
     keras.utils.set_random_seed(0)
     pd = ProgressiveDistillationModel(mlp(dim), teacher=exact, teacher_prediction="x0",
                                       teacher_steps=8, schedule=cosine, seed=0)
-    total = train(pd, gmm, steps, 3)
+    total = train(pd, gmm, steps // 2, 3)
     for _ in range(3):  # students of 4, 2, 1 steps
         if pd.student_steps in STEPS:
             x = pd.generate(NUM_EVAL, seed=7, verbose=0)
@@ -164,7 +164,7 @@ def run_dataset(name, gmm, steps, log):
         if pd.student_steps == 1:
             break
         pd = pd.next_round()
-        total += train(pd, gmm, steps, 4 + pd.student_steps)
+        total += train(pd, gmm, steps // 2, 4 + pd.student_steps)
 
     exact_flow = gmm.denoiser(flow, "flow")
     pair_noise, pair_samples = generate_pairs(
@@ -332,7 +332,7 @@ def main():
         "setup": (f"Exact mixture denoiser as the teacher (cosine schedule; rectified flow "
                   f"for reflow). Students: MLPDenoiser(hidden_dim=256, num_layers=3), Adam "
                   f"2e-3 with cosine decay, batch {BATCH}, {args.steps} steps per model "
-                  f"(per round for PD; reflow: 4 epochs over {args.steps * BATCH // 4} "
+                  f"(half of it per round for PD; reflow: 4 epochs over {args.steps * BATCH // 4} "
                   f"pairs, its 1-step distillation 2 epochs). CD: Heun teacher step, "
                   f"N = 18, EMA target 0.95, L2. CT: iCT defaults with the curriculum over "
                   f"the run. PD: 8 -> 4 -> 2 -> 1 DDIM steps from the exact teacher."),
