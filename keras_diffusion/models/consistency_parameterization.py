@@ -35,7 +35,8 @@ def consistency_coefficients(schedule, t, sigma_data=0.5):
     t_min = ops.convert_to_tensor(schedule.t_min, "float32")
     alpha_min, sigma_min = schedule.alpha_sigma(t_min)
     gap = sigma - (sigma_min / alpha_min) * alpha  # alpha (sigma~ - sigma~_min)
-    c_skip_over_alpha = sigma_data**2 * alpha / (ops.square(gap) + sigma_data**2 * ops.square(alpha))
+    norm = ops.square(gap) + sigma_data**2 * ops.square(alpha)
+    c_skip_over_alpha = sigma_data**2 * alpha / norm
     c_out = sigma_data * gap / ops.sqrt(sigma_data**2 * ops.square(alpha) + ops.square(sigma))
     return c_skip_over_alpha, c_out
 

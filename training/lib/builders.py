@@ -152,7 +152,8 @@ def build_distillation_model(config, shape, common):
     if teacher is None:
         raise ValueError(
             "model.kind='progressive_distillation' needs model.teacher: the path of a trained "
-            f".keras DiffusionModel (v-prediction), received model.teacher={path!r}"
+            ".keras DiffusionModel (v-prediction), received "
+            f"model.teacher={path!r}"
         )
     kwargs["schedule"] = teacher.schedule
     return keras_diffusion.models.ProgressiveDistillationModel(teacher=teacher, **kwargs)
