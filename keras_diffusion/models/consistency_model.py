@@ -9,6 +9,7 @@ from keras_diffusion.models.consistency_parameterization import ConsistencyParam
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.distillation import SOLVERS
 from keras_diffusion.models.distillation import Teacher
+from keras_diffusion.models.distillation import Untracked
 from keras_diffusion.models.distillation import mean_squared
 from keras_diffusion.models.distillation import ode_step
 from keras_diffusion.models.distillation import pseudo_huber
@@ -18,14 +19,6 @@ DISTANCES = ("l2", "pseudo_huber")
 LOSS_WEIGHTINGS = ("none", "ict")
 TIME_DRAWS = ("uniform", "lognormal")
 MODES = ("distillation", "training")
-
-
-class _Untracked:
-    """Holds an object out of Keras' tracking (the teacher is not saved or
-    trained with the student)."""
-
-    def __init__(self, value):
-        self.value = value
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -227,7 +220,7 @@ class ConsistencyModel(DiffusionModel):
         self.sigma_data = float(sigma_data)
         self.rho = float(rho)
         self.teacher_prediction = teacher_prediction
-        self._teacher = _Untracked(None if teacher is None else Teacher(
+        self._teacher = Untracked(None if teacher is None else Teacher(
             teacher, teacher_prediction, student_schedule=self.schedule,
             takes_condition=self.num_classes is not None or self.text_encoder is not None
             or kwargs.get("context_shape") is not None,

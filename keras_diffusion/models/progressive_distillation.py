@@ -6,14 +6,10 @@ from keras import ops
 from keras_diffusion import objectives
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.distillation import Teacher
+from keras_diffusion.models.distillation import Untracked
 from keras_diffusion.models.distillation import ode_step
 from keras_diffusion.samplers.spacing import start_time
 from keras_diffusion.schedules.schedule import broadcast_like
-
-
-class _Untracked:
-    def __init__(self, value):
-        self.value = value
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -99,7 +95,7 @@ class ProgressiveDistillationModel(DiffusionModel):
         self.teacher_steps = int(teacher_steps)
         self.teacher_prediction = teacher_prediction
         self.guidance_scale = float(guidance_scale)
-        self._teacher = _Untracked(None if teacher is None else Teacher(
+        self._teacher = Untracked(None if teacher is None else Teacher(
             teacher, teacher_prediction, student_schedule=self.schedule,
             takes_condition=self.is_conditional,
         ))
