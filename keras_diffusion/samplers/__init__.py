@@ -1,5 +1,6 @@
 """Samplers: stateless objects with `sample(model_fn, noise, *, schedule, prediction, ...)`."""
 
+from keras_diffusion.samplers.consistency_sampler import ConsistencySampler
 from keras_diffusion.samplers.ddim_sampler import DDIMSampler
 from keras_diffusion.samplers.ddpm_sampler import DDPMSampler
 from keras_diffusion.samplers.deis_sampler import DEISSampler
@@ -34,6 +35,7 @@ _NAMES = {
     "dpm_solver_sde": DPMSolverSDESampler,
     "euler_ancestral": EulerAncestralSampler,
     "edm": EDMSampler,
+    "consistency": ConsistencySampler,
 }
 
 

@@ -119,18 +119,34 @@ def make_timesteps(
         return (k + 1.0) / total
     # log_snr and karras: between t_start and t_min, in log-SNR.
     t_start = start_time(schedule, start_log_snr)
+    frac = i / ops.maximum(n - 1.0, 1.0)
+    t = grid_time(schedule, frac, spacing, rho, start_log_snr)
+    # The first point is t_start exactly.
+    return ops.where(i == 0.0, t_start * ops.ones_like(t), t)
+
+
+def grid_time(schedule, frac, spacing="karras", rho=7.0, start_log_snr=START_LOG_SNR):
+    """The time at fraction `frac` in [0, 1] of a "log_snr" or "karras" grid.
+
+    `frac = 0` is t_start (`start_time`), `frac = 1` is `schedule.t_min`;
+    `make_timesteps` evaluates it at i / (N - 1). Any shape of `frac` (e.g.
+    per-example grid positions of consistency training).
+    """
+    if spacing not in ("log_snr", "karras"):
+        raise ValueError(
+            f"`spacing` must be 'log_snr' or 'karras', received spacing={spacing!r}"
+        )
+    frac = ops.cast(frac, "float32")
+    t_start = start_time(schedule, start_log_snr)
     hi = schedule.log_snr(ops.convert_to_tensor(schedule.t_min, "float32"))
     lo = schedule.log_snr(t_start)
-    frac = i / ops.maximum(n - 1.0, 1.0)
     if spacing == "log_snr":
         log_snr = lo + frac * (hi - lo)
     else:
         s_max = ops.exp(-0.5 * lo) ** (1.0 / rho)
         s_min = ops.exp(-0.5 * hi) ** (1.0 / rho)
         log_snr = -2.0 * rho * ops.log(s_max + frac * (s_min - s_max))
-    t = schedule.t_from_log_snr(log_snr)
-    # The first point is t_start exactly.
-    return ops.where(i == 0.0, t_start * ops.ones_like(t), t)
+    return schedule.t_from_log_snr(log_snr)
 
 
 def validate_timesteps(timesteps):

@@ -120,12 +120,44 @@ def build_model(config):
         )
     elif m.kind == "sd_lora":
         model = build_sd_lora_model(config, common)
+    elif m.kind in ("consistency", "progressive_distillation"):
+        model = build_distillation_model(config, shape, common)
     else:
         raise ValueError(
-            f"Unknown model.kind={m.kind!r}. Valid names: ['diffusion', 'latent', 'sd_lora']"
+            f"Unknown model.kind={m.kind!r}. Valid names: ['diffusion', 'latent', 'sd_lora', "
+            "'consistency', 'progressive_distillation']"
         )
     model.build({"images": (1,) + shape})
     return model
+
+
+def build_distillation_model(config, shape, common):
+    """A `ConsistencyModel` (CD with `model.teacher`, else CT) or a
+    `ProgressiveDistillationModel` (one round, from `model.teacher`).
+
+    `model.teacher` is the path of a trained `.keras` DiffusionModel (or of
+    the previous round's student); `model.distillation_kwargs` holds the
+    model's own arguments (`solver`, `num_timesteps`, `teacher_steps`, ...).
+    """
+    import keras
+
+    import keras_diffusion
+
+    m = config.model
+    path = m.get("teacher", "")
+    teacher = keras.models.load_model(path) if path else None
+    kwargs = {**common, **dict(m.get("distillation_kwargs", {}))}
+    if m.kind == "consistency":
+        return keras_diffusion.models.ConsistencyModel(
+            denoiser=build_denoiser(config, shape), teacher=teacher, **kwargs)
+    if teacher is None:
+        raise ValueError(
+            "model.kind='progressive_distillation' needs model.teacher: the path of a trained "
+            ".keras DiffusionModel (v-prediction), received "
+            f"model.teacher={path!r}"
+        )
+    kwargs["schedule"] = teacher.schedule
+    return keras_diffusion.models.ProgressiveDistillationModel(teacher=teacher, **kwargs)
 
 
 def build_optimizer(config):
