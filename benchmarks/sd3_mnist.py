@@ -13,6 +13,7 @@
    an unseen one ("the handwritten number seven": known words, a phrasing
    absent from data.mnist.CAPTION_TEMPLATES).
 
+    nice -n 10 python benchmarks/sd3_mnist.py --smoke   # 2 steps, sample, export (~3 min)
     nice -n 10 python benchmarks/sd3_mnist.py --vae_only --vae_out /tmp/mnist_vae.keras
     nice -n 10 python benchmarks/sd3_mnist.py --vae /tmp/mnist_vae.keras --steps 1500
 
@@ -63,8 +64,52 @@ def train_vae(x_train, seconds, path):
     return vae
 
 
+def smoke(workdir):
+    """The config with tiny overrides (an untrained VAE, 2 steps): train,
+    sample from the prompts, export, and check the SavedModel's text input.
+    (Too slow for the CI test budget: ~75 CPU-seconds.)"""
+    import tensorflow as tf
+
+    import keras_diffusion
+
+    config = sd3_mnist.get_config()
+    config.data.image_size = 16
+    config.data.batch_size = 4
+    config.data.shuffle_buffer = 8
+    config.model.vae = "new"
+    config.model.vae_kwargs = {"latent_channels": 4, "base_channels": 8,
+                               "channel_multipliers": (1, 2), "num_res_blocks": 1,
+                               "num_groups": 4, "mid_attention": False}
+    config.model.text_encoder_kwargs = {"sequence_length": 6, "embedding_dim": 8,
+                                        "num_layers": 1, "num_heads": 2}
+    config.model.denoiser_kwargs = {"patch_size": 2, "hidden_dim": 16, "depth": 2,
+                                    "num_heads": 2}
+    config.optim.warmup_steps = 0
+    config.train.num_steps = config.train.checkpoint_every = 2
+    config.train.log_every = 1
+    config.train.sample_every = 0
+    config.train.jit_compile = "false"
+    config.sample.num_images = config.sample.batch_size = 2
+    config.sample.num_steps = 2
+    experiment = Experiment.create(config, workdir, "train")
+    experiment.train()
+    model = experiment.model
+    assert isinstance(model, keras_diffusion.LatentDiffusionModel)
+    assert isinstance(model.denoiser, keras_diffusion.models.MMDiT)
+    assert model.denoiser.context_dim == 8
+    assert "seven" in model.text_encoder.get_vocabulary()
+    images = experiment.sample()
+    assert images.shape == (2, 16, 16, 1) and np.all(np.isfinite(images))
+    served = tf.saved_model.load(experiment.export())
+    inputs = served.signatures["serving_default"].structured_input_signature[1]
+    assert "text" in inputs, inputs
+    print("smoke: trained 2 steps, sampled", images.shape, "from prompts, exported with",
+          sorted(inputs))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--vae", default="", help="a trained .keras VAE (else one is trained)")
     parser.add_argument("--vae_only", action="store_true")
     parser.add_argument("--vae_out", default=os.path.join(tempfile.gettempdir(), "mnist_vae.keras"))
@@ -77,6 +122,8 @@ def main():
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
+    if args.smoke:
+        return smoke(tempfile.mkdtemp())
     x, y = load_digits()
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
