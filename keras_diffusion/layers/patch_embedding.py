@@ -93,3 +93,13 @@ class PatchEmbedding(keras.layers.Layer):
         config = super().get_config()
         config.update({"hidden_dim": self.hidden_dim, "patch_size": self.patch_size})
         return config
+
+
+def unpatchify(tokens, height, width, patch_size, channels):
+    """The inverse of `PatchEmbedding`'s cut: `(B, (H/p) * (W/p), p*p*C)`
+    tokens, each laid out as `(p, p, C)` in row-major patch order, to a
+    `(B, H, W, C)` image."""
+    b, p = ops.shape(tokens)[0], patch_size
+    out = ops.reshape(tokens, (b, height // p, width // p, p, p, channels))
+    out = ops.transpose(out, (0, 1, 3, 2, 4, 5))
+    return ops.reshape(out, (b, height, width, channels))

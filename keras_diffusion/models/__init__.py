@@ -12,6 +12,7 @@ from keras_diffusion.models.edm_preconditioning import EDMPreconditioning
 from keras_diffusion.models.latent_diffusion_model import LatentDiffusionModel
 from keras_diffusion.models.masked_diffusion_model import MaskedDiffusionLM
 from keras_diffusion.models.mlp_denoiser import MLPDenoiser
+from keras_diffusion.models.mmdit import MMDiT
 from keras_diffusion.models.progressive_distillation import ProgressiveDistillationModel
 from keras_diffusion.models.reflow import ReflowModel
 from keras_diffusion.models.text_conditioner import TextConditioner

@@ -7,6 +7,7 @@ from keras_diffusion.layers import DiTBlock
 from keras_diffusion.layers import DiTFinalLayer
 from keras_diffusion.layers import PatchEmbedding
 from keras_diffusion.layers import TimestepEmbedding
+from keras_diffusion.layers.patch_embedding import unpatchify
 from keras_diffusion.models.presets import DIT_PRESETS
 from keras_diffusion.models.denoiser import Denoiser
 
@@ -43,6 +44,15 @@ class DiT(Denoiser):
         num_classes: number of classes (None: unconditional).
         context_dim: width of the context (None: no cross-attention).
         condition_channels: channels of the image condition (0: none).
+        learn_sigma: DiT's / improved DDPM's learned variance: the final
+            layer predicts `2 * input_channels` channels, the prediction and
+            the interpolation `v` of the log-variance between the posterior's
+            and beta (Nichol & Dhariwal, Eq. 15). Calling the model returns
+            the prediction alone, so `fit`, `generate` and the export use the
+            first `input_channels`; `model(inputs, return_variance=True)`
+            returns `(prediction, v)`. The library's losses do not train `v`
+            (it has no L_vlb term): the option matches the papers' networks
+            (DiT-XL/2: 675,129,632 parameters) for fine-tuning and loading.
         lora_rank, lora_target: set by `enable_lora`, restored on load.
         **kwargs: `keras.Model` arguments.
 
@@ -56,6 +66,8 @@ class DiT(Denoiser):
 
     References:
         Peebles & Xie, Scalable Diffusion Models with Transformers, 2023.
+        Nichol & Dhariwal, Improved Denoising Diffusion Probabilistic Models,
+        2021 (the learned variance).
     """
 
     presets = DIT_PRESETS
@@ -74,6 +86,7 @@ class DiT(Denoiser):
         condition_channels=0,
         lora_rank=None,
         lora_target="attention",
+        learn_sigma=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -87,6 +100,7 @@ class DiT(Denoiser):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.context_dim = None if context_dim is None else int(context_dim)
         self.condition_channels = int(condition_channels or 0)
+        self.learn_sigma = bool(learn_sigma)
         self.lora_rank = lora_rank
         self.lora_target = lora_target
         if self.hidden_dim % self.num_heads:
@@ -130,16 +144,20 @@ class DiT(Denoiser):
             block.build(shapes)
             self.blocks.append(block)
         self.final_layer = DiTFinalLayer(
-            self.patch_size, self.input_channels, dtype=policy, name="final_layer"
+            self.patch_size, self.output_channels, dtype=policy, name="final_layer"
         )
         self.final_layer.build([tok, (b, d)])
         self.built = True
         self._maybe_restore_lora()
 
-    def call(self, inputs, training=None):
+    @property
+    def output_channels(self):
+        """Channels of the final layer: 2 * input_channels with learn_sigma."""
+        return self.input_channels * (2 if self.learn_sigma else 1)
+
+    def call(self, inputs, training=None, return_variance=False):
         x, t, labels, context = self._unpack(inputs)
-        b, h, w = ops.shape(x)[0], x.shape[1], x.shape[2]
-        p, c_out = self.patch_size, self.input_channels
+        h, w = x.shape[1], x.shape[2]
         tokens = self.patch_embed(x)
         c = self.time_embed(t)
         if labels is not None:
@@ -147,11 +165,18 @@ class DiT(Denoiser):
         for block in self.blocks:
             tokens = block([tokens, c, context] if self.context_dim else [tokens, c])
         out = self.final_layer([tokens, c])
-        # Un-patchify: (B, h*w, p*p*C) -> (B, H, W, C).
-        out = ops.reshape(out, (b, h // p, w // p, p, p, c_out))
-        out = ops.transpose(out, (0, 1, 3, 2, 4, 5))
-        out = ops.reshape(out, (b, h, w, c_out))
-        return ops.cast(out, "float32")
+        out = ops.cast(
+            unpatchify(out, h, w, self.patch_size, self.output_channels), "float32"
+        )
+        if not self.learn_sigma:
+            if return_variance:
+                raise ValueError(
+                    "`return_variance=True` needs a DiT built with learn_sigma=True, "
+                    "received learn_sigma=False"
+                )
+            return out
+        prediction, v = out[..., : self.input_channels], out[..., self.input_channels :]
+        return (prediction, v) if return_variance else prediction
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape["x_t"])
@@ -170,6 +195,7 @@ class DiT(Denoiser):
                 "num_classes": self.num_classes,
                 "context_dim": self.context_dim,
                 "condition_channels": self.condition_channels,
+                "learn_sigma": self.learn_sigma,
             }
         )
         config.update(self._base_config())

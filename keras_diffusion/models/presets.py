@@ -78,3 +78,25 @@ DIT_PRESETS = {
     for size, (n, d, h) in _DIT_SIZES.items()
     for p in (2, 4, 8)
 }
+
+# MMDiT (Esser et al. 2024, Sec. 5.3): one knob, the depth d; hidden width
+# 64 * d and d heads of 64 channels. SD3's latents have 16 channels, patch
+# size 2, and a 4096-wide T5 context. "mmdit_d2" / "mmdit_d4" are CPU-sized
+# (MNIST latents, a small TextConditioner).
+MMDIT_DEPTHS = (2, 4, 15, 18, 21, 24, 30, 38)
+MMDIT_PRESETS = {
+    f"mmdit_d{d}": {
+        "input_channels": 16 if d >= 15 else 4,
+        "patch_size": 2,
+        "depth": d,
+        "hidden_dim": 64 * d,
+        "num_heads": d,
+        "context_dim": 4096 if d >= 15 else 64,
+    }
+    for d in MMDIT_DEPTHS
+}
+# Parameters in billions of the sizes the SD3 paper names: depth 38 is the
+# paper's 8B model (Sec. 5.3: "our largest model ... 8B parameters"); depth
+# 24 is its 2B model (SD3 Medium). Counted at 1024x1024 images (128x128x16
+# latents) in tests/models/test_mmdit.py.
+MMDIT_PAPER_PARAMS = {"mmdit_d24": 2.0, "mmdit_d38": 8.0}

@@ -36,7 +36,7 @@ def get_base_config():
     # "diffusion" (DiffusionModel), "latent" (LatentDiffusionModel) or
     # "sd_lora" (Stable Diffusion through keras_diffusion.pretrained).
     model.kind = "diffusion"
-    model.denoiser = "unet"  # "unet", "dit", "mlp"
+    model.denoiser = "unet"  # "unet", "dit", "mmdit", "mlp"
     model.denoiser_kwargs = ml_collections.ConfigDict(
         {"base_channels": 32, "channel_multipliers": (1, 2, 2), "num_res_blocks": 1}
     )
@@ -56,6 +56,12 @@ def get_base_config():
     model.vae_kwargs = ml_collections.ConfigDict()
     # Other LatentDiffusionModel arguments (encode_sample, decode_batch_size, ...).
     model.latent_kwargs = ml_collections.ConfigDict()
+    # Text conditioning (data.captions=True): "" (none) or "text_conditioner"
+    # (keras_diffusion.models.TextConditioner(**text_encoder_kwargs), its
+    # vocabulary adapted on the training captions, trained jointly). The
+    # denoiser's context_dim is set to its embedding_dim.
+    model.text_encoder = ""
+    model.text_encoder_kwargs = ml_collections.ConfigDict()
     # model.kind == "sd_lora" (and model.vae == "stable_diffusion").
     model.lora_rank = 4
     model.bpe_path = ""  # CLIP tokenizer merges file ("" = keras-cv downloads it)
@@ -94,6 +100,8 @@ def get_base_config():
     sample.batch_size = 64
     sample.seed = 0
     sample.use_ema = True
+    # Prompts of text models, cycled over the images ("" / (): unconditional).
+    sample.prompts = ("",)
 
     config.eval = ev = ml_collections.ConfigDict()
     ev.num_batches = 8  # batches for the loss of `--mode eval`

@@ -75,12 +75,14 @@ def pipeline_kwargs(config):
     )
 
 
-def build_denoiser(config, shape):
+def build_denoiser(config, shape, context_dim=None):
     from keras_diffusion import models
 
     m = config.model
     kwargs = dict(m.denoiser_kwargs)
     num_classes = m.num_classes or None
+    if context_dim is not None:
+        kwargs["context_dim"] = context_dim
     if m.denoiser == "mlp":
         return models.MLPDenoiser(data_dim=shape[-1], num_classes=num_classes, **kwargs)
     if m.denoiser == "unet":
@@ -92,9 +94,48 @@ def build_denoiser(config, shape):
             return models.DiT.from_preset(m.preset, **kwargs)
         kwargs.setdefault("input_channels", shape[-1])
         return models.DiT(num_classes=num_classes, **kwargs)
+    if m.denoiser == "mmdit":
+        if m.preset:
+            return models.MMDiT.from_preset(m.preset, **kwargs)
+        kwargs.setdefault("input_channels", shape[-1])
+        return models.MMDiT(num_classes=num_classes, **kwargs)
     raise ValueError(
-        f"Unknown model.denoiser={m.denoiser!r}. Valid names: ['unet', 'dit', 'mlp']"
+        f"Unknown model.denoiser={m.denoiser!r}. Valid names: ['unet', 'dit', 'mmdit', 'mlp']"
     )
+
+
+def build_text_encoder(config):
+    """The text encoder of `model.text_encoder` (None when ""), its vocabulary
+    adapted on the training captions."""
+    m = config.model
+    if not m.text_encoder:
+        return None
+    if m.text_encoder != "text_conditioner":
+        raise ValueError(
+            f"Unknown model.text_encoder={m.text_encoder!r}. Valid names: ['', "
+            "'text_conditioner']"
+        )
+    if not config.data.captions:
+        raise ValueError(
+            "model.text_encoder='text_conditioner' learns from captions: set "
+            "data.captions=True"
+        )
+    import tensorflow as tf
+
+    from keras_diffusion import models
+
+    encoder = models.TextConditioner(**dict(m.text_encoder_kwargs))
+    captions = source_fn(config)().map(lambda element: element["text"])
+    encoder.adapt(captions.batch(1024))
+    return encoder
+
+
+def sample_prompts(config, num):
+    """`num` prompts cycled from `sample.prompts` (None: no text model or no prompts)."""
+    prompts = [p for p in config.sample.prompts if p]
+    if not config.model.text_encoder or not prompts:
+        return None
+    return [prompts[i % len(prompts)] for i in range(num)]
 
 
 def build_model(config):
@@ -110,12 +151,19 @@ def build_model(config):
         time_distribution=m.time_distribution, num_classes=m.num_classes or None,
         condition_dropout=m.condition_dropout, seed=config.seed, **dict(m.kwargs),
     )
+    text_encoder = build_text_encoder(config) if m.kind != "sd_lora" else None
+    if text_encoder is not None:
+        common["text_encoder"] = text_encoder
+    context_dim = None if text_encoder is None else int(text_encoder.embedding_dim)
     if m.kind == "diffusion":
-        model = keras_diffusion.DiffusionModel(denoiser=build_denoiser(config, shape), **common)
+        model = keras_diffusion.DiffusionModel(
+            denoiser=build_denoiser(config, shape, context_dim), **common
+        )
     elif m.kind == "latent":
         vae = build_vae(config)
         model = keras_diffusion.LatentDiffusionModel(
-            vae=vae, denoiser=build_denoiser(config, (None, None, int(vae.latent_channels))),
+            vae=vae,
+            denoiser=build_denoiser(config, (None, None, int(vae.latent_channels)), context_dim),
             pixel_shape=shape, **dict(m.latent_kwargs), **common,
         )
     elif m.kind == "sd_lora":

@@ -302,7 +302,7 @@ class Experiment:
                      s.num_images, step, s.sampler, s.num_steps, s.guidance_scale)
         images = self.model.generate(
             s.num_images, labels=monitor_lib.sample_labels(config, s.num_images),
-            sampler=s.sampler, num_steps=s.num_steps, guidance_scale=s.guidance_scale,
+            text=builders.sample_prompts(config, s.num_images), sampler=s.sampler, num_steps=s.num_steps, guidance_scale=s.guidance_scale,
             seed=s.seed, batch_size=s.batch_size, use_ema=s.use_ema, verbose=0,
         )
         out = os.path.join(self.workdir, "samples")

@@ -10,6 +10,7 @@ import tensorflow as tf
 from absl import logging
 
 from keras_diffusion.utils.images import make_grid
+from training.lib import builders
 
 
 class StepCounter(keras.callbacks.Callback):
@@ -145,6 +146,7 @@ class TensorBoardMonitor(keras.callbacks.Callback):
             images = model.generate(
                 num,
                 labels=sample_labels(self.config, num),
+                text=builders.sample_prompts(self.config, num),
                 sampler=self.config.sample.sampler,
                 num_steps=self.config.sample.num_steps,
                 guidance_scale=self.config.sample.guidance_scale,
