@@ -187,13 +187,11 @@ def build_distillation_model(config, shape, common):
     the previous round's student); `model.distillation_kwargs` holds the
     model's own arguments (`solver`, `num_timesteps`, `teacher_steps`, ...).
     """
-    import keras
-
     import keras_diffusion
 
     m = config.model
     path = m.get("teacher", "")
-    teacher = keras.models.load_model(path) if path else None
+    teacher = saving.load_model(path) if path else None
     kwargs = {**common, **dict(m.get("distillation_kwargs", {}))}
     if m.kind == "consistency":
         return keras_diffusion.models.ConsistencyModel(
