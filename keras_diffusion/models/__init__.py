@@ -9,6 +9,7 @@ from keras_diffusion.models.dit import DiT
 from keras_diffusion.models.edm_preconditioning import EDMPreconditioning
 from keras_diffusion.models.latent_diffusion_model import LatentDiffusionModel
 from keras_diffusion.models.mlp_denoiser import MLPDenoiser
+from keras_diffusion.models.noisy_classifier import NoisyClassifier
 from keras_diffusion.models.text_conditioner import TextConditioner
 from keras_diffusion.models.unet import UNet
 from keras_diffusion.models.vae import VAE
