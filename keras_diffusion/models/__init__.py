@@ -3,6 +3,8 @@ the model classes that train and sample them."""
 
 from keras_diffusion.models.codecs import PixelCodec
 from keras_diffusion.models.codecs import VAECodec
+from keras_diffusion.models.control_net import ControlNet
+from keras_diffusion.models.controlled_unet import ControlledUNet
 from keras_diffusion.models.denoiser import Denoiser
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.dit import DiT
