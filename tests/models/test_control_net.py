@@ -104,3 +104,23 @@ class ControlNetTest(TestCase):
             self.base.generate(control=self.control, **self.sample)
         with self.assertRaisesWithArgument(ValueError, "control", "(2, 8, 8, 1)"):
             model.denoiser({"x_t": self.images[:2], "t": np.zeros(2, "float32")})
+
+    def test_saved_model_takes_control(self):
+        self.skip_unless_tensorflow()
+        import tensorflow as tf
+
+        model = self._controlled(control_channels=1)
+        model.build()
+        for v in model.denoiser.control_nets[0].weights:
+            if "zero_conv" in v.path:  # A ControlNet that does something.
+                v.assign(np.full(v.shape, 0.05, "float32"))
+        path = os.path.join(self.get_temp_dir(), "saved")
+        model.export(path, sampler="ddim")
+        served = tf.saved_model.load(path).signatures["generate"]
+        out = served(seed=tf.constant(1, tf.int64), batch_size=tf.constant(4),
+                     guidance_scale=tf.constant(2.0), num_steps=tf.constant(2),
+                     labels=tf.constant(self.labels, tf.int32),
+                     control=tf.constant(self.control))
+        expected = model.generate(control=self.control, labels=self.labels, sampler="ddim",
+                                  num_steps=2, seed=1, guidance_scale=2.0, verbose=0)
+        self.assertAllClose(out["images_float"], expected, atol=1e-5)
