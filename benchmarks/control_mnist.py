@@ -139,13 +139,14 @@ class TimeBudget(keras.callbacks.Callback):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", default=os.path.join(HERE, "results", "mnist.keras"))
-    parser.add_argument("--train_minutes", type=float, default=6.0)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--train_minutes", type=float, default=8.0)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_train", type=int, default=2000)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--num_eval", type=int, default=100)
-    parser.add_argument("--num_steps", type=int, default=20)
+    parser.add_argument("--num_eval", type=int, default=64)
+    parser.add_argument("--num_steps", type=int, default=15)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--judge_epochs", type=int, default=15)
+    parser.add_argument("--judge_epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
@@ -153,7 +154,8 @@ def main():
     x, y = load_digits()
     order = np.random.default_rng(args.seed).permutation(len(x))  # mnist.py's split
     x, y = x[order], y[order]
-    x_train, y_train = x[:4000], y[:4000]  # The base's training digits.
+    # Digits of the base's training set.
+    x_train, y_train = x[:args.num_train], y[:args.num_train]
     x_judge, y_judge = x[4000:4500], y[4000:4500]
     x_eval, y_eval = x[4500:4500 + args.num_eval], y[4500:4500 + args.num_eval]
     control_train = edges(x_train)[..., None].astype("float32") * 2 - 1

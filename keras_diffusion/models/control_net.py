@@ -114,7 +114,9 @@ class ControlNet(UNet):
                         f"({len(src.weights)} vs {len(dst.weights)} weights)"
                     )
                 for a, b in zip(src.weights, dst.weights):
-                    b.assign(a)
+                    # A copy: on JAX, sharing the base's buffer would make the
+                    # train step donate it twice.
+                    b.assign(keras.ops.convert_to_numpy(a))
 
     def compute_output_shape(self, input_shape):
         raise NotImplementedError("A ControlNet returns a list of residuals")

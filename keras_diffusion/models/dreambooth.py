@@ -71,8 +71,8 @@ def add_label(model, init_from=None):
             row = table[:num_classes].mean(0) if init_from is None else table[int(init_from)]
             # Classes, the new label, then the null label.
             target.assign(np.concatenate([table[:num_classes], row[None], table[-1:]]))
-        else:
-            target.assign(source)
+        else:  # A copy (on JAX, not the base's buffer, which fit would donate).
+            target.assign(keras.ops.convert_to_numpy(source))
     return new
 
 

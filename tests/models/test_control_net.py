@@ -105,6 +105,7 @@ class ControlNetTest(TestCase):
         with self.assertRaisesWithArgument(ValueError, "control", "(2, 8, 8, 1)"):
             model.denoiser({"x_t": self.images[:2], "t": np.zeros(2, "float32")})
 
+    @pytest.mark.slow
     def test_saved_model_takes_control(self):
         self.skip_unless_tensorflow()
         import tensorflow as tf
