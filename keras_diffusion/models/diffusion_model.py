@@ -96,7 +96,9 @@ class DiffusionModel(keras.Model):
             the classes, context (of `text_encoder`) and condition the model
             has.
         schedule: a schedule or its name (default "cosine").
-        prediction: "v" (default), "epsilon", "x0" or "flow".
+        prediction: "v" (default), "epsilon", "x0", "flow" or "score" (train
+            a score model with weighting="min_snr" or "elbo": its raw target
+            -eps / sigma grows as 1 / sigma at small t).
         weighting: loss weighting: "none", "min_snr" or "elbo".
         time_distribution: "uniform", "logit_normal" or "low_discrepancy".
         num_classes: number of classes for class-conditional training (the
