@@ -14,6 +14,10 @@ One set of rules for every path that takes conditions (`fit`, `evaluate`,
   prompt is repeated over the batch.
 - `condition` is an image condition `(N, H, W, C)` of the model's
   `condition_shape` (after the codec's encoding, for latent models).
+- `control` is a ControlNet's control image `(N, H', W', C')` of the
+  model's `control_shape`. It is in `KEPT_KEYS`: condition dropout and the
+  unconditional half of classifier-free guidance keep it (Zhang et al.,
+  2023: the prompt is dropped, the control stays).
 - The null condition (`ConditionSpec.null`) is the null label, the empty
   prompt's context (or zeros for a precomputed context) and a zero image
   condition.
@@ -27,8 +31,10 @@ from keras import ops
 
 from keras_diffusion.utils.asserts import runtime_check
 
-DATA_KEYS = ("images", "latents", "labels", "text", "context", "condition")
-CONDITION_KEYS = ("labels", "context", "condition")
+DATA_KEYS = ("images", "latents", "labels", "text", "context", "condition", "control")
+CONDITION_KEYS = ("labels", "context", "condition", "control")
+# Conditions that dropout and the null half of guidance keep as given.
+KEPT_KEYS = ("control",)
 _PUNCTUATION = r"[!\"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~']"
 
 
@@ -93,6 +99,7 @@ class ConditionSpec:
         text_encoder: the layer mapping prompts to a context, or None.
         context_shape: `(L, D)` of the context, or None.
         condition_shape: the image condition's shape `(H, W, C)`, or None.
+        control_shape: a ControlNet's control image shape `(H, W, C)`, or None.
 
     Example:
     >>> spec = ConditionSpec(num_classes=10)
@@ -101,11 +108,12 @@ class ConditionSpec:
     """
 
     def __init__(self, num_classes=None, text_encoder=None, context_shape=None,
-                 condition_shape=None):
+                 condition_shape=None, control_shape=None):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.text_encoder = text_encoder
         self.context_shape = None if context_shape is None else tuple(context_shape)
         self.condition_shape = None if condition_shape is None else tuple(condition_shape)
+        self.control_shape = None if control_shape is None else tuple(control_shape)
 
     @property
     def has_context(self):
@@ -138,6 +146,9 @@ class ConditionSpec:
                 cond["context"] = ops.zeros((batch,) + self.context_shape, "float32")
         if self.condition_shape is not None:
             cond["condition"] = ops.zeros((batch,) + self.condition_shape, "float32")
+        if self.control_shape is not None:
+            # A placeholder: dropout and guidance keep the given control.
+            cond["control"] = ops.zeros((batch,) + self.control_shape, "float32")
         return cond
 
     @staticmethod
@@ -151,6 +162,9 @@ class ConditionSpec:
         drop = keras.random.uniform((batch,), seed=seed) < rate
         out = {}
         for key, value in cond.items():
+            if key in KEPT_KEYS:
+                out[key] = value
+                continue
             mask = ops.reshape(drop, (-1,) + (1,) * (len(value.shape) - 1))
             out[key] = ops.where(mask, ops.cast(null[key], value.dtype), value)
         return out
@@ -258,7 +272,28 @@ class ConditionSpec:
             raise ValueError("`condition` holds NaN or Inf values")
         return values
 
-    def count(self, num_images=None, labels=None, text=None, condition=None):
+    def check_control(self, control, num=None):
+        """A control image as float32 numpy `(num, *control_shape)`."""
+        if self.control_shape is None:
+            raise ValueError(
+                "`control` was given but the model has no ControlNet (control_shape=None)"
+            )
+        values = np.asarray(ops.convert_to_numpy(control), "float32")
+        if tuple(values.shape[1:]) != self.control_shape or (
+            num is not None and len(values) not in (1, num)
+        ):
+            expected = "N" if num is None else num
+            raise ValueError(
+                f"`control` must have shape ({expected}, "
+                f"{', '.join(str(d) for d in self.control_shape)}), received {values.shape}"
+            )
+        if not np.all(np.isfinite(values)):
+            raise ValueError("`control` holds NaN or Inf values")
+        if num is not None and len(values) != num:
+            values = np.repeat(values, num, axis=0)
+        return values
+
+    def count(self, num_images=None, labels=None, text=None, condition=None, control=None):
         """The number of samples the given arguments ask for, checked."""
         num = None
         if num_images is not None:
@@ -271,7 +306,8 @@ class ConditionSpec:
                     f"`num_images` must be positive, received num_images={num_images}"
                 )
             num = int(num_images)
-        for name, value in (("labels", labels), ("text", text), ("condition", condition)):
+        for name, value in (("labels", labels), ("text", text), ("condition", condition),
+                            ("control", control)):
             if value is None:
                 continue
             if name == "text" and isinstance(value, (str, bytes)):
@@ -284,7 +320,9 @@ class ConditionSpec:
         if num is None and (labels is not None or text is not None):
             num = 1
         if num is None:
-            raise ValueError("generate() needs `num_images`, `labels`, `text` or `condition`")
+            raise ValueError(
+                "generate() needs `num_images`, `labels`, `text`, `condition` or `control`"
+            )
         return num
 
     # --- checks inside the train / test step -------------------------------------

@@ -1,12 +1,13 @@
 """Prediction types, training targets, loss weightings and time distributions.
 
 The math of what a denoiser predicts is written here once. With
-x_t = alpha x0 + sigma eps the four prediction types are
+x_t = alpha x0 + sigma eps the five prediction types are
 
 - "epsilon": eps
 - "x0": x0
 - "v": alpha eps - sigma x0 (Salimans & Ho, 2022)
 - "flow": d x_t / dt = alpha' x0 + sigma' eps (for rectified flow, eps - x0)
+- "score": grad log p_t(x_t) = -eps / sigma (Song et al., 2021)
 
 Given x_t, any prediction determines the pair (x0, eps), and the pair
 determines every prediction, so every conversion goes through
@@ -20,13 +21,20 @@ from keras import random
 
 from keras_diffusion.schedules.schedule import broadcast_like
 
-PREDICTIONS = ("epsilon", "x0", "v", "flow")
+PREDICTIONS = ("epsilon", "x0", "v", "flow", "score")
 WEIGHTINGS = ("none", "min_snr", "elbo", "edm")
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "low_discrepancy", "edm")
 # EDM's training distribution of noise levels, ln sigma ~ N(P_mean, P_std^2)
 # (Karras et al., 2022, Table 1).
 EDM_P_MEAN = -1.2
 EDM_P_STD = 1.2
+# The score -eps / sigma divides by sigma, which is 0 at t = 0: the targets
+# and error scales of "score" use max(sigma, SCORE_MIN_SIGMA). No schedule
+# trains or samples at sigma below it (t_min gives sigma >= 1e-3), so it only
+# keeps t = 0 finite. Its variance grows as 1 / sigma^2 at small t: train a
+# score model with weighting="min_snr" or "elbo" (which reweigh it by sigma^2
+# up to bounded factors), not "none".
+SCORE_MIN_SIGMA = 1e-4
 
 
 def validate_prediction(prediction):
@@ -51,7 +59,8 @@ def to_x0_epsilon(prediction, output, x_t, t, schedule):
     """Converts a model output to the pair (x0, eps) it implies at (x_t, t).
 
     Args:
-        prediction: what `output` is: "epsilon", "x0", "v" or "flow".
+        prediction: what `output` is: "epsilon", "x0", "v", "flow" or
+            "score".
         output: the model's prediction, shaped like `x_t`.
         x_t: the noisy input.
         t: times, shape `[batch]` or a scalar.
@@ -72,6 +81,10 @@ def to_x0_epsilon(prediction, output, x_t, t, schedule):
             (alpha * output - d_alpha * x_t) / det,
         )
     alpha, sigma = _coefficients(schedule, t, x_t)
+    if prediction == "score":
+        # eps = -sigma s: no division by sigma, finite at t = 0.
+        output = -sigma * output
+        prediction = "epsilon"
     if prediction == "epsilon":
         return (x_t - sigma * output) / alpha, output
     if prediction == "x0":
@@ -88,7 +101,8 @@ def from_x0_epsilon(prediction, x0, eps, t, schedule):
     """The `prediction` implied by (x0, eps) at time t: the training target.
 
     Args:
-        prediction: "epsilon", "x0", "v" or "flow".
+        prediction: "epsilon", "x0", "v", "flow" or "score" (with sigma
+            floored at `SCORE_MIN_SIGMA`).
         x0: clean data.
         eps: the noise.
         t: times, shape `[batch]` or a scalar.
@@ -107,6 +121,9 @@ def from_x0_epsilon(prediction, x0, eps, t, schedule):
     if prediction == "v":
         alpha, sigma = _coefficients(schedule, t, x0)
         return alpha * eps - sigma * x0
+    if prediction == "score":
+        _, sigma = _coefficients(schedule, t, x0)
+        return -eps / ops.maximum(sigma, SCORE_MIN_SIGMA)
     _, _, d_alpha, d_sigma = _coefficients(schedule, t, x0, True)
     return d_alpha * x0 + d_sigma * eps
 
@@ -131,8 +148,9 @@ def x0_error_scale(prediction, t, schedule):
     At fixed x_t every prediction is an affine function of x0_hat, so a
     squared error in any prediction space is a time-dependent multiple of the
     squared error in x0: 1 for "x0", SNR for "epsilon",
-    (alpha^2 + sigma^2)^2 / sigma^2 for "v" and
-    (alpha' sigma - sigma' alpha)^2 / sigma^2 for "flow".
+    (alpha^2 + sigma^2)^2 / sigma^2 for "v",
+    (alpha' sigma - sigma' alpha)^2 / sigma^2 for "flow" and
+    alpha^2 / sigma^4 for "score" (sigma floored at `SCORE_MIN_SIGMA`).
     """
     validate_prediction(prediction)
     t = ops.cast(ops.convert_to_tensor(t), "float32")
@@ -143,6 +161,8 @@ def x0_error_scale(prediction, t, schedule):
         return ops.exp(schedule.log_snr(t))
     if prediction == "v":
         return ops.square(ops.square(alpha) + ops.square(sigma)) / ops.square(sigma)
+    if prediction == "score":
+        return ops.square(alpha) / ops.square(ops.square(ops.maximum(sigma, SCORE_MIN_SIGMA)))
     d_alpha, d_sigma = schedule.alpha_sigma_derivatives(t)
     return ops.square(d_alpha * sigma - d_sigma * alpha) / ops.square(sigma)
 

@@ -179,3 +179,52 @@ class EDMObjectivesTest(TestCase):
         # The same loss in epsilon space: divided by x0_error_scale = SNR.
         eps_weight = objectives.loss_weight("edm", "epsilon", t, schedule)
         self.assertAllClose(eps_weight, expected * sigma**2, rtol=1e-4)
+
+
+@pytest.mark.jax
+class ScorePredictionTest(TestCase):
+    def test_score_is_minus_eps_over_sigma_and_finite_at_t_zero(self):
+        schedule = schedules.CosineSchedule()
+        rng = np.random.default_rng(0)
+        x0 = rng.uniform(-1, 1, size=(3, 4)).astype("float32")
+        eps = rng.normal(size=x0.shape).astype("float32")
+        t = np.array([0.0, 0.3, 0.9], "float32")
+        score = _np(objectives.from_x0_epsilon("score", x0, eps, t, schedule))
+        sigma = np.maximum(_np(schedule.alpha_sigma(t)[1]), objectives.SCORE_MIN_SIGMA)
+        self.assertAllClose(score, -eps / sigma[:, None], rtol=1e-5)
+        self.assertTrue(np.all(np.isfinite(score)))
+        # At t = 0 the score's x0 is x_t / alpha = x_t: finite, no division.
+        x_t = schedule.add_noise(x0, eps, t)
+        back, _ = objectives.to_x0_epsilon("score", score, x_t, t, schedule)
+        self.assertAllClose(_np(back)[0], x0[0], atol=1e-5)
+
+    def test_samplers_take_an_exact_score(self):
+        from keras_diffusion import samplers
+        from keras_diffusion.testing import GaussianMixture
+
+        mixture = GaussianMixture.ring(num_modes=4)
+        schedule = schedules.CosineSchedule()
+        noise = np.random.default_rng(0).normal(size=(16, 2)).astype("float32")
+        for sampler in (samplers.DDIMSampler(), samplers.DPMSolverSampler(),
+                        samplers.HeunSampler(), samplers.DDPMSampler()):
+            out = {
+                p: _np(sampler.sample(mixture.denoiser(schedule, p), noise, schedule=schedule,
+                                      prediction=p, num_steps=4, seed=3))
+                for p in ("epsilon", "score")
+            }
+            self.assertAllClose(out["score"], out["epsilon"], atol=2e-4,
+                                msg=type(sampler).__name__)
+
+    def test_fit_step_on_score(self):
+        import keras_diffusion
+
+        model = keras_diffusion.DiffusionModel(
+            keras_diffusion.models.MLPDenoiser(data_dim=2, hidden_dim=16, num_layers=1),
+            prediction="score", weighting="min_snr", seed=0,
+        )
+        points = np.random.default_rng(0).normal(size=(8, 2)).astype("float32")
+        history = model.fit(points, batch_size=8, epochs=1, verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"][-1]))
+        samples = model.generate(4, sampler="ddim", num_steps=2, seed=0, verbose=0)
+        self.assertEqual(samples.shape, (4, 2))
+        self.assertTrue(np.all(np.isfinite(samples)))

@@ -56,7 +56,8 @@ def export_saved_model(
         conditional models), `text` string `(B,)` or `(1,)` (text models;
         tokenized in-graph, prompts longer than the tokenizer's sequence
         length are truncated), `condition` float32 `(B, H, W, C)` (image-
-        conditioned models). Length-1 `labels` / `text` are repeated over
+        conditioned models), `control` float32 `(B, H', W', C')` (models
+        with ControlNets; kept in both halves of guidance). Length-1 `labels` / `text` are repeated over
         the batch.
         -> `images` uint8 `(B, H, W, C)` (image models) and `images_float`
         float32 in [-1, 1] (clipped for images).
@@ -229,6 +230,7 @@ class _ModelSpec:
         self.text = self.encode_text is not None
         self.context_shape = None if self.text else conditions.context_shape
         self.condition_shape = conditions.condition_shape
+        self.control_shape = getattr(conditions, "control_shape", None)  # ControlNets
         self.null_condition = parts["null_condition"]
         self.denoise = parts["denoise"]
         self.layers = parts["layers"]
@@ -274,6 +276,10 @@ class _Endpoints:
         if spec.condition_shape is not None:
             out["condition"] = tf.TensorSpec(
                 (None,) + spec.condition_shape, tf.float32, name="condition"
+            )
+        if spec.control_shape is not None:
+            out["control"] = tf.TensorSpec(
+                (None,) + spec.control_shape, tf.float32, name="control"
             )
         return out
 
@@ -428,7 +434,7 @@ class _Endpoints:
                     summarize=16,
                 )
             )
-        for key in ("labels", "text", "context", "condition"):
+        for key in ("labels", "text", "context", "condition", "control"):
             if key in inputs:
                 n = tf.shape(inputs[key], out_type=tf.int32)[0]
                 ok = tf.equal(n, batch)
@@ -470,6 +476,8 @@ class _Endpoints:
             out["context"] = inputs["context"]
         if "condition" in inputs:
             out["condition"] = inputs["condition"]
+        if "control" in inputs:
+            out["control"] = inputs["control"]
         return out
 
     def _generate(self, inputs):

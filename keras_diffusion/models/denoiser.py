@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-INPUT_KEYS = ("x_t", "t", "labels", "context", "condition")
+INPUT_KEYS = ("x_t", "t", "labels", "context", "condition", "control")
 
 
 class Denoiser(keras.Model):
@@ -20,6 +20,9 @@ class Denoiser(keras.Model):
         "context" (required iff `context_dim` is set): `(B, L, context_dim)`.
         "condition" (required iff `condition_channels` > 0): images `(B, H,
             W, condition_channels)` concatenated to x_t on channels.
+        "control" (required iff `control_channels` > 0, ControlNets): a
+            control image `(B, H * hint_downsampling, W * hint_downsampling,
+            control_channels)`.
     Returns a float32 tensor shaped like x_t (also under mixed precision).
 
     A subclass sets `num_classes`, `context_dim`, `condition_channels` and
@@ -40,6 +43,8 @@ class Denoiser(keras.Model):
     num_classes = None
     context_dim = None
     condition_channels = 0
+    control_channels = 0
+    hint_downsampling = 1
     lora_rank = None
     lora_target = "attention"
 
@@ -192,7 +197,27 @@ class Denoiser(keras.Model):
             raise ValueError(
                 "`condition` was given but the model has condition_channels=0"
             )
+        self._check_control_shape(shapes.get("control"), x)
         return x
+
+    def _check_control_shape(self, control, x):
+        if not self.control_channels:
+            if control is not None:
+                raise ValueError(
+                    f"`control` was given but {type(self).__name__} has no ControlNet "
+                    "(control_channels=0)"
+                )
+            return
+        expected = tuple(
+            None if d is None else d * self.hint_downsampling for d in x[1:-1]
+        ) + (self.control_channels,)
+        control = None if control is None else _shape(control)
+        if control is None or len(control) != len(x) or tuple(control[1:]) != expected:
+            raise ValueError(
+                f"`control` must have shape (B, {', '.join(str(d) for d in expected)}) "
+                f"for x_t of shape {x}, received "
+                f"{'no control' if control is None else f'control.shape={control}'}"
+            )
 
     def _unpack(self, inputs):
         """Checks the inputs and returns `(x, t, labels, context)`: x in the

@@ -96,7 +96,9 @@ class DiffusionModel(keras.Model):
             the classes, context (of `text_encoder`) and condition the model
             has.
         schedule: a schedule or its name (default "cosine").
-        prediction: "v" (default), "epsilon", "x0" or "flow".
+        prediction: "v" (default), "epsilon", "x0", "flow" or "score" (train
+            a score model with weighting="min_snr" or "elbo": its raw target
+            -eps / sigma grows as 1 / sigma at small t).
         weighting: loss weighting: "none", "min_snr" or "elbo".
         time_distribution: "uniform", "logit_normal" or "low_discrepancy".
         num_classes: number of classes for class-conditional training (the
@@ -232,8 +234,11 @@ class DiffusionModel(keras.Model):
     @property
     def conditions(self):
         """The model's `conditioning.ConditionSpec`."""
+        control = getattr(self.denoiser, "control_shape_for", None)  # ControlNets
         return ConditionSpec(
-            self.num_classes, self.text_encoder, self.context_shape, self.condition_shape
+            self.num_classes, self.text_encoder, self.context_shape, self.condition_shape,
+            control_shape=None if control is None or self.image_shape is None
+            else control(self.image_shape),
         )
 
     @property
@@ -641,6 +646,15 @@ class DiffusionModel(keras.Model):
             if "latents" not in data:
                 condition = self.codec.encode_condition(condition, self.image_shape)
             cond["condition"] = ops.cast(condition, "float32")
+        if data.get("control") is not None:
+            control = ops.cast(data["control"], "float32")
+            if spec.control_shape is None or tuple(control.shape[1:]) != spec.control_shape:
+                raise ValueError(
+                    f"`control` must have shape (batch, {spec.control_shape}) for this "
+                    f"model (control_shape={spec.control_shape}), received "
+                    f"{tuple(control.shape)}"
+                )
+            cond["control"] = control
         null = self._null_condition(batch)
         cond = {key: cond.get(key, value) for key, value in null.items()}
         x0, cond, valid = self._apply_nan_policy(x0, cond)
@@ -662,7 +676,7 @@ class DiffusionModel(keras.Model):
             return ops.all(ops.isfinite(ops.reshape(x, (batch, -1))), axis=1)
 
         valid = finite(x0)
-        for key in ("context", "condition"):
+        for key in ("context", "condition", "control"):
             if key in cond:
                 valid = ops.logical_and(valid, finite(cond[key]))
         if self.nan_policy == "raise":
@@ -679,7 +693,7 @@ class DiffusionModel(keras.Model):
             return ops.where(mask, x, ops.zeros_like(x))
 
         x0 = zero_invalid(x0)
-        for key in ("context", "condition"):
+        for key in ("context", "condition", "control"):
             if key in cond:
                 cond[key] = zero_invalid(cond[key])
         return x0, cond, ops.cast(valid, "float32")
@@ -877,7 +891,8 @@ class DiffusionModel(keras.Model):
         if not self.built:
             self.build(None)
 
-    def model_fn(self, labels=None, context=None, condition=None, guidance_scale=1.0):
+    def model_fn(self, labels=None, context=None, condition=None, guidance_scale=1.0,
+                 control=None):
         """The sampler's `model_fn(x_t, t)` of this model, with optional guidance.
 
         Args:
@@ -886,6 +901,7 @@ class DiffusionModel(keras.Model):
             condition: an image condition `(B, H, W, C)` in the denoiser's space.
             guidance_scale: classifier-free guidance scale (1: plain
                 conditional model, 0: unconditional).
+            control: a ControlNet's control images `(B, *control_shape)`.
 
         Returns:
             `model_fn(x_t, t) -> prediction` for `sampler.sample`.
@@ -895,12 +911,13 @@ class DiffusionModel(keras.Model):
             raise ValueError(
                 "`labels` were given but the model is unconditional (num_classes=None)"
             )
-        given = {"labels": labels, "context": context, "condition": condition}
+        given = {"labels": labels, "context": context, "condition": condition,
+                 "control": control}
         return self.runner.model_fn(
             {k: v for k, v in given.items() if v is not None}, guidance_scale
         )
 
-    def _conditions_for(self, num, labels, text, condition, values):
+    def _conditions_for(self, num, labels, text, condition, values, control=None):
         """Validated condition inputs of the runner for `num` samples."""
         spec = self.conditions
         out = {}
@@ -918,6 +935,8 @@ class DiffusionModel(keras.Model):
                 )
             encoded = self.codec.encode_condition(condition, self.image_shape)
             out["condition"] = spec.check_condition(encoded, num)
+        if control is not None:
+            out["control"] = spec.check_control(control, num)
         return out
 
     def _sampling_options(self, sampler, clip, clip_denoised, num_steps, timesteps, spacing,
@@ -953,6 +972,7 @@ class DiffusionModel(keras.Model):
         jit_compile=None,
         verbose="auto",
         return_latents=False,
+        control=None,
     ):
         """Samples from the model.
 
@@ -993,6 +1013,8 @@ class DiffusionModel(keras.Model):
             jit_compile: XLA for the sampler graph (None: as `compile`).
             verbose: "auto", 0 or 1: progress bar.
             return_latents: also return the sampled latents (latent models).
+            control: control images `(N, *control_shape)` (or one for all)
+                of a model with ControlNets (`models.ControlledUNet`).
 
         Returns:
             A numpy float32 array `(N, *data_shape)` (and the latents with
@@ -1003,7 +1025,7 @@ class DiffusionModel(keras.Model):
             sampler, clip, clip_denoised, num_steps, timesteps, spacing, guidance_scale,
             jit_compile,
         )
-        num = self.conditions.count(num_images, labels, text, condition)
+        num = self.conditions.count(num_images, labels, text, condition, control)
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
             or batch_size <= 0
@@ -1018,7 +1040,7 @@ class DiffusionModel(keras.Model):
             "float32",
         )
         values = self.weight_values(use_ema)
-        cond = self._conditions_for(num, labels, text, condition, values)
+        cond = self._conditions_for(num, labels, text, condition, values, control)
         noise = np.asarray(
             ops.convert_to_numpy(random_lib.initial_noise((num,) + self.image_shape, seed)),
             "float32",
@@ -1072,7 +1094,8 @@ class DiffusionModel(keras.Model):
         ).astype("float32")
 
     def _edit(self, images, mask, strength, labels, text, condition, sampler, num_steps,
-              guidance_scale, seed, timesteps, spacing, renoise, use_ema, jit_compile, clip):
+              guidance_scale, seed, timesteps, spacing, renoise, use_ema, jit_compile, clip,
+              control=None):
         self._ensure_built()
         strength = image_to_image.check_strength(strength)
         sampler, clip, guidance_scale, jit_compile, eager = self._sampling_options(
@@ -1097,7 +1120,7 @@ class DiffusionModel(keras.Model):
         num = int(pixels.shape[0])
         seed = random_lib.check_seed(seed)
         values = self.weight_values(use_ema)
-        cond = self._conditions_for(num, labels, text, condition, values)
+        cond = self._conditions_for(num, labels, text, condition, values, control)
         tail = image_to_image.strength_timesteps(
             sampler, self.schedule, strength, num_steps, timesteps, spacing
         )
@@ -1121,7 +1144,8 @@ class DiffusionModel(keras.Model):
 
     def img2img(self, images, strength=0.8, labels=None, text=None, condition=None,
                 sampler="ddim", num_steps=None, guidance_scale=1.0, seed=None,
-                timesteps=None, spacing=None, use_ema=True, jit_compile=None, clip=True):
+                timesteps=None, spacing=None, use_ema=True, jit_compile=None, clip=True,
+                control=None):
         """SDEdit: noise `images` to t = strength and denoise them.
 
         See `keras_diffusion.pipelines.image_to_image`. The time grid (from
@@ -1142,18 +1166,20 @@ class DiffusionModel(keras.Model):
             jit_compile: XLA for the sampling graph.
             clip: clip the output to [-1, 1] (pixel models: also the
                 sampler's x0 estimates when `sampler` is a name).
+            control: control images (models with ControlNets), as for
+                `generate`.
 
         Returns:
             A numpy float32 array shaped like `images`.
         """
         return self._edit(images, None, strength, labels, text, condition, sampler,
                           num_steps, guidance_scale, seed, timesteps, spacing, "fresh",
-                          use_ema, jit_compile, clip)
+                          use_ema, jit_compile, clip, control)
 
     def inpaint(self, images, mask, strength=1.0, labels=None, text=None, condition=None,
                 sampler="ddim", num_steps=None, guidance_scale=1.0, seed=None,
                 timesteps=None, spacing=None, renoise="fresh", use_ema=True,
-                jit_compile=None, clip=True):
+                jit_compile=None, clip=True, control=None):
         """Fills the region `mask == 1` of `images` by replacement sampling.
 
         `mask` (1 = generate, 0 = keep) is at pixel resolution; a latent model
@@ -1166,7 +1192,7 @@ class DiffusionModel(keras.Model):
             raise ValueError("`mask` is required for inpainting, received mask=None")
         return self._edit(images, mask, strength, labels, text, condition, sampler,
                           num_steps, guidance_scale, seed, timesteps, spacing, renoise,
-                          use_ema, jit_compile, clip)
+                          use_ema, jit_compile, clip, control)
 
     # ------------------------------------------------------------------
     # Export

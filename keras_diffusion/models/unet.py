@@ -135,6 +135,40 @@ class UNet(Denoiser):
 
     def build(self, input_shape):
         x_shape = self._check_input_shapes(input_shape, *self._divisor())
+        b, hw, c, skips = self._build_encoder(x_shape)
+        self._build_decoder(b, hw, c, skips)
+        self.built = True
+        self._maybe_restore_lora()
+
+    def _res_block(self, c, name):
+        return ResnetBlock(
+            c,
+            dropout=self.dropout,
+            num_groups=self.num_groups,
+            time_conditioning=self.time_conditioning,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _attn_block(self, name):
+        return AttentionBlock(
+            num_heads=self.num_heads,
+            head_channels=self.head_channels,
+            num_groups=self.num_groups,
+            context_dim=self.context_dim,
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _build_attn(self, layer, shape):
+        if self.context_dim:
+            layer.build([shape, (None, None, self.context_dim)])
+        else:
+            layer.build(shape)
+
+    def _build_encoder(self, x_shape):
+        """Builds the embeddings, the down blocks and the middle block;
+        returns `(batch, (h, w), channels, skip channels)` at the middle."""
         policy = self.dtype_policy
         emb_dim = self.time_embedding_dim
         emb_shape = (None, emb_dim)
@@ -148,32 +182,7 @@ class UNet(Denoiser):
             )
             self.label_embed.build((None,))
 
-        def res_block(c, name):
-            return ResnetBlock(
-                c,
-                dropout=self.dropout,
-                num_groups=self.num_groups,
-                time_conditioning=self.time_conditioning,
-                dtype=policy,
-                name=name,
-            )
-
-        def attn_block(name):
-            return AttentionBlock(
-                num_heads=self.num_heads,
-                head_channels=self.head_channels,
-                num_groups=self.num_groups,
-                context_dim=self.context_dim,
-                dtype=policy,
-                name=name,
-            )
-
-        def build_attn(layer, shape):
-            if self.context_dim:
-                layer.build([shape, (None, None, self.context_dim)])
-            else:
-                layer.build(shape)
-
+        res_block, attn_block, build_attn = self._res_block, self._attn_block, self._build_attn
         b, size = x_shape[0], x_shape[1]
         in_c = self.input_channels + self.condition_channels
         c = self.base_channels
@@ -211,6 +220,13 @@ class UNet(Denoiser):
         build_attn(self.mid_attn, (b,) + hw + (c,))
         self.mid_res_2 = res_block(c, "mid_res_2")
         self.mid_res_2.build([(b,) + hw + (c,), emb_shape])
+        return b, hw, c, skips
+
+    def _build_decoder(self, b, hw, c, skips):
+        policy = self.dtype_policy
+        emb_shape = (None, self.time_embedding_dim)
+        res_block, attn_block, build_attn = self._res_block, self._attn_block, self._build_attn
+        levels = len(self.channel_multipliers)
         self.up_res, self.up_attn, self.upsamplers = [], [], []
         for level in reversed(range(levels)):
             out_c = self.base_channels * self.channel_multipliers[level]
@@ -236,11 +252,26 @@ class UNet(Denoiser):
             self.output_channels, 3, padding="same", dtype=policy, name="conv_out"
         )
         self.conv_out.build((b,) + hw + (c,))
-        self.built = True
-        self._maybe_restore_lora()
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, residuals=None):
+        """The prediction; `residuals` (optional, e.g. from `ControlNet`s) is a
+        list of tensors added to the skip connections, in encoder order, and
+        (the last one) to the middle block's output."""
         x, t, labels, context = self._unpack(inputs)
+        hs, h, emb = self._encode(x, t, labels, context, training)
+        if residuals is not None:
+            if len(residuals) != len(hs) + 1:
+                raise ValueError(
+                    f"`residuals` must hold {len(hs) + 1} tensors (the skips and the "
+                    f"middle block), received {len(residuals)}"
+                )
+            hs = [a + ops.cast(r, a.dtype) for a, r in zip(hs, residuals[:-1])]
+            h = h + ops.cast(residuals[-1], h.dtype)
+        return self._decode(hs, h, emb, context, training)
+
+    def _encode(self, x, t, labels, context, training, hint=None):
+        """The down blocks and the middle block: `(skips, middle, emb)`;
+        `hint` (a ControlNet's) is added after `conv_in`."""
         emb = self.time_embed(t)
         if labels is not None:
             emb = emb + ops.cast(self.label_embed(labels), emb.dtype)
@@ -249,6 +280,8 @@ class UNet(Denoiser):
             return layer([h, context]) if self.context_dim else layer(h)
 
         h = self.conv_in(x)
+        if hint is not None:
+            h = h + ops.cast(hint, h.dtype)
         hs = [h]
         res, attn, ds = iter(self.down_res), iter(self.down_attn), iter(self.downsamplers)
         levels = len(self.channel_multipliers)
@@ -264,6 +297,14 @@ class UNet(Denoiser):
         h = self.mid_res_1([h, emb], training=training)
         h = attend(self.mid_attn, h)
         h = self.mid_res_2([h, emb], training=training)
+        return hs, h, emb
+
+    def _decode(self, hs, h, emb, context, training):
+        def attend(layer, h):
+            return layer([h, context]) if self.context_dim else layer(h)
+
+        hs = list(hs)
+        levels = len(self.channel_multipliers)
         res, attn, us = iter(self.up_res), iter(self.up_attn), iter(self.upsamplers)
         for level in reversed(range(levels)):
             for _ in range(self.num_res_blocks + 1):

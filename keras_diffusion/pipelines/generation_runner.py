@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_diffusion.conditioning import KEPT_KEYS
 from keras_diffusion.guidance import classifier_free_guidance
 from keras_diffusion.pipelines import image_to_image
 
@@ -72,6 +73,8 @@ class GenerationRunner:
             null = self.null_condition(ops.shape(x_t)[0])
             cond = {k: v if condition.get(k) is None else condition[k]
                     for k, v in null.items()}
+            # The null half of guidance keeps e.g. a ControlNet's control.
+            null = {k: cond[k] if k in KEPT_KEYS else v for k, v in null.items()}
             return cond, null
 
         plain = not self.conditional or (

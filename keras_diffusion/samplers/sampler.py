@@ -82,7 +82,8 @@ class Sampler:
             noise: standard normal noise of the output's shape; the sampler
                 starts from `schedule.prior_std * noise`.
             schedule: a `Schedule` or a schedule name.
-            prediction: what `model_fn` predicts: "epsilon", "x0", "v", "flow".
+            prediction: what `model_fn` predicts: "epsilon", "x0", "v", "flow",
+                "score".
             num_steps: number of model-evaluation times (default
                 `default_num_steps`); ignored when `timesteps` is given.
             timesteps: explicit decreasing times in (0, 1] at which the model
