@@ -323,7 +323,7 @@ class ExportTest(TestCase):
             ("text", tf.constant(["a", "b", "c"]), "`text` must have the batch size or 1"),
         ]
         for key, value, message in cases:
-            with self.subTest(key=key, value=value):
+            with self.subTest(key=key, value=str(value.numpy())):
                 with self.assertRaisesRegex(tf.errors.InvalidArgumentError, _re(message)):
                     inputs = {**good, key: value}
                     if key == "batch_size":  # Only this input wrong.

@@ -413,8 +413,8 @@ class BadInputTest(TestCase):
             samplers.ODESampler(method="rk45")
         with self.assertRaisesWithArgument(ValueError, "spacing", "cubic", "karras"):
             self._sample(samplers.EulerSampler(), num_steps=4, spacing="cubic")
-        with self.assertRaisesWithArgument(ValueError, "prediction", "score", "epsilon"):
-            self._sample(samplers.HeunSampler(), num_steps=4, prediction="score")
+        with self.assertRaisesWithArgument(ValueError, "prediction", "noise", "epsilon"):
+            self._sample(samplers.HeunSampler(), num_steps=4, prediction="noise")
 
     def test_options(self):
         for bad in (-0.1, 1.5):
