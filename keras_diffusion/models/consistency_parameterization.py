@@ -3,8 +3,7 @@
 import keras
 from keras import ops
 
-from keras_diffusion import schedules as schedules_lib
-from keras_diffusion.models.denoiser import Denoiser
+from keras_diffusion.models.denoiser_wrapper import DenoiserWrapper
 from keras_diffusion.schedules.schedule import broadcast_like
 
 
@@ -42,7 +41,7 @@ def consistency_coefficients(schedule, t, sigma_data=0.5):
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
-class ConsistencyParameterization(Denoiser):
+class ConsistencyParameterization(DenoiserWrapper):
     """Wraps a network F into a consistency function f (an x0 predictor).
 
         f(x_t, t) = c_skip(t) x_t / alpha(t) + c_out(t) F(x_t, t)
@@ -70,58 +69,15 @@ class ConsistencyParameterization(Denoiser):
     """
 
     def __init__(self, denoiser, schedule="cosine", sigma_data=0.5, **kwargs):
-        super().__init__(**kwargs)
         if isinstance(denoiser, ConsistencyParameterization):
             raise ValueError(
                 "`denoiser` is already a ConsistencyParameterization; pass its network "
                 "(`.denoiser`)"
             )
-        self.denoiser = denoiser
-        self.schedule = schedules_lib.get(schedule)
-        sigma_data = float(sigma_data)
-        if not sigma_data > 0:
-            raise ValueError(
-                f"`sigma_data` must be positive, received sigma_data={sigma_data}"
-            )
-        self.sigma_data = sigma_data
-
-    @property
-    def num_classes(self):
-        return getattr(self.denoiser, "num_classes", None)
-
-    @property
-    def null_label(self):
-        return getattr(self.denoiser, "null_label", None)
-
-    @property
-    def context_dim(self):
-        return getattr(self.denoiser, "context_dim", None)
-
-    @property
-    def condition_channels(self):
-        return getattr(self.denoiser, "condition_channels", 0)
-
-    @property
-    def data_rank(self):
-        return getattr(self.denoiser, "data_rank", 4)
-
-    def check_inputs(self, inputs):
-        check = getattr(self.denoiser, "check_inputs", None)
-        if check is not None:
-            return check(inputs)
-        return tuple(inputs["x_t"].shape)
-
-    def build(self, input_shape):
-        if not self.denoiser.built:
-            self.denoiser.build(input_shape)
-        self.built = True
+        super().__init__(denoiser, schedule, sigma_data, **kwargs)
 
     def call(self, inputs, training=None):
-        if "x_t" not in inputs or "t" not in inputs:
-            raise ValueError(
-                "ConsistencyParameterization is called with a dict {'x_t': ..., 't': ...}, "
-                f"received keys {sorted(inputs)}"
-            )
+        self._check_dict(inputs)
         x_t = ops.cast(inputs["x_t"], "float32")
         t = ops.cast(inputs["t"], "float32")
         if len(t.shape) == 0:
@@ -129,24 +85,3 @@ class ConsistencyParameterization(Denoiser):
         c_skip, c_out = consistency_coefficients(self.schedule, t, self.sigma_data)
         f = ops.cast(self.denoiser(inputs, training=training), "float32")
         return broadcast_like(c_skip, x_t) * x_t + broadcast_like(c_out, x_t) * f
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape["x_t"])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "denoiser": keras.saving.serialize_keras_object(self.denoiser),
-                "schedule": keras.saving.serialize_keras_object(self.schedule),
-                "sigma_data": self.sigma_data,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["denoiser"] = keras.saving.deserialize_keras_object(config["denoiser"])
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
-        return cls(**config)

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_diffusion import schedules as schedules_lib
-from keras_diffusion.models.denoiser import Denoiser
+from keras_diffusion.models.denoiser_wrapper import DenoiserWrapper
 from keras_diffusion.schedules.schedule import broadcast_like
 
 
@@ -25,7 +25,7 @@ def edm_coefficients(sigma, sigma_data):
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
-class EDMPreconditioning(Denoiser):
+class EDMPreconditioning(DenoiserWrapper):
     """Wraps a denoiser F into EDM's preconditioned x0 predictor D.
 
         D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
@@ -60,52 +60,13 @@ class EDMPreconditioning(Denoiser):
     """
 
     def __init__(self, denoiser, schedule="edm", sigma_data=None, **kwargs):
-        super().__init__(**kwargs)
-        self.denoiser = denoiser
-        self.schedule = schedules_lib.get(schedule)
+        schedule = schedules_lib.get(schedule)
         if sigma_data is None:
-            sigma_data = getattr(self.schedule, "sigma_data", 0.5)
-        sigma_data = float(sigma_data)
-        if not sigma_data > 0:
-            raise ValueError(
-                f"`sigma_data` must be positive, received sigma_data={sigma_data}"
-            )
-        self.sigma_data = sigma_data
-
-    @property
-    def num_classes(self):
-        return getattr(self.denoiser, "num_classes", None)
-
-    @property
-    def null_label(self):
-        return getattr(self.denoiser, "null_label", None)
-
-    @property
-    def context_dim(self):
-        return getattr(self.denoiser, "context_dim", None)
-
-    @property
-    def condition_channels(self):
-        return getattr(self.denoiser, "condition_channels", 0)
-
-    def check_inputs(self, inputs):
-        """The wrapped denoiser's checks (it defines the contract's shapes)."""
-        check = getattr(self.denoiser, "check_inputs", None)
-        if check is not None:
-            return check(inputs)
-        return tuple(inputs["x_t"].shape)
-
-    def build(self, input_shape):
-        if not self.denoiser.built:
-            self.denoiser.build(input_shape)
-        self.built = True
+            sigma_data = getattr(schedule, "sigma_data", 0.5)
+        super().__init__(denoiser, schedule, sigma_data, **kwargs)
 
     def call(self, inputs, training=None):
-        if "x_t" not in inputs or "t" not in inputs:
-            raise ValueError(
-                "EDMPreconditioning is called with a dict {'x_t': ..., 't': ...}, "
-                f"received keys {sorted(inputs)}"
-            )
+        self._check_dict(inputs)
         x_t = ops.cast(inputs["x_t"], "float32")
         t = ops.reshape(ops.cast(inputs["t"], "float32"), (-1,))
         alpha, sigma = self.schedule.alpha_sigma(t)
@@ -117,24 +78,3 @@ class EDMPreconditioning(Denoiser):
         )
         f = ops.cast(f, "float32")
         return broadcast_like(c_skip, x) * x + broadcast_like(c_out, x) * f
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape["x_t"])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "denoiser": keras.saving.serialize_keras_object(self.denoiser),
-                "schedule": keras.saving.serialize_keras_object(self.schedule),
-                "sigma_data": self.sigma_data,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["denoiser"] = keras.saving.deserialize_keras_object(config["denoiser"])
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
-        return cls(**config)
