@@ -155,35 +155,58 @@ def export_saved_model(
             "`jit_compile=True` is not supported for models with a text encoder "
             "(XLA has no string ops); export with jit_compile=False."
         )
+    check_bounds(max_batch_size, max_num_steps)
+    builder = _Endpoints(spec, sampler, spacing, bool(clip), bool(jit_compile),
+                         max_batch_size=max_batch_size, max_num_steps=max_num_steps)
+    contexts = []
+    if not fused_layers:
+        # TF Serving runs no XLA on CPU unless started with a flag.
+        contexts.append(fusion.disabled())
+    if use_ema:
+        # The EMA weights are written as the variables' values; the model's
+        # lock keeps concurrent generate() calls off the swap.
+        contexts.append(spec.ema_weights())
+    return write_archive(path, spec.tracked_layers, builder, contexts, verbose)
+
+
+def check_bounds(max_batch_size, max_num_steps):
+    """Raises unless the export's bounds are positive ints."""
     for name, value in (("max_batch_size", max_batch_size), ("max_num_steps", max_num_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, received {name}={value!r}")
-    builder = _Endpoints(spec, sampler, spacing, bool(clip), bool(jit_compile),
-                         max_batch_size=max_batch_size, max_num_steps=max_num_steps)
+
+
+def write_archive(path, tracked, endpoints, contexts=(), verbose=False):
+    """Writes a SavedModel atomically: into a temporary folder beside `path`,
+    with the metadata file, then renamed to `path`.
+
+    Args:
+        path: the SavedModel folder (replaced when it exists).
+        tracked: a callable returning the layers and resources to track.
+        endpoints: an object with `endpoints()` ((name, fn, signature)
+            triples) and `metadata()` (a JSON-able dict).
+        contexts: context managers entered while tracing.
+        verbose: Keras' `write_out` verbosity.
+    """
     archive = keras.export.ExportArchive()
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         with contextlib.ExitStack() as stack:
-            if not fused_layers:
-                # TF Serving runs no XLA on CPU unless started with a flag.
-                stack.enter_context(fusion.disabled())
-            if use_ema:
-                # The EMA weights are written as the variables' values; the
-                # model's lock keeps concurrent generate() calls off the swap.
-                stack.enter_context(spec.ema_weights())
-            for layer in spec.tracked_layers():
+            for context in contexts:
+                stack.enter_context(context)
+            for layer in tracked():
                 archive.track(layer)
             # TensorFlow logs each variable the sampler loop captures being
             # renamed (three 4,500-character INFO lines): harmless, quieted.
             stack.enter_context(_tf_log_level("ERROR"))
-            for name, fn, signature in builder.endpoints():
+            for name, fn, signature in endpoints.endpoints():
                 archive.add_endpoint(name=name, fn=fn, input_signature=signature)
             archive.write_out(tmp, verbose=bool(verbose))
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-            json.dump(builder.metadata(), f, indent=2)
+            json.dump(endpoints.metadata(), f, indent=2)
         if os.path.exists(path):
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         os.replace(tmp, path)

@@ -6,18 +6,15 @@ caching as a `tf.cond`), the seeded draws of `keras_diffusion.random` and
 the decode to strings. Serving needs TensorFlow only.
 """
 
-import json
 import os
-import shutil
-import tempfile
 
 import keras
 
 from keras_diffusion.export.saved_model import DEFAULT_MAX_BATCH_SIZE
 from keras_diffusion.export.saved_model import DEFAULT_MAX_NUM_STEPS
-from keras_diffusion.export.saved_model import METADATA_FILE
 from keras_diffusion.export.saved_model import _assert
-from keras_diffusion.export.saved_model import _tf_log_level
+from keras_diffusion.export.saved_model import check_bounds
+from keras_diffusion.export.saved_model import write_archive
 from keras_diffusion.random import sampler_seed
 
 TEXT_SIGNATURES = ("serving_default", "generate_text", "generate_text_with_prefix")
@@ -80,9 +77,7 @@ def export_text_saved_model(
             "export_text_saved_model needs a text diffusion model (with "
             f"text_export_spec(), such as MaskedDiffusionLM), received {type(model).__name__}"
         )
-    for name, value in (("max_batch_size", max_batch_size), ("max_num_steps", max_num_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, received {name}={value!r}")
+    check_bounds(max_batch_size, max_num_steps)
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(
@@ -91,28 +86,9 @@ def export_text_saved_model(
     spec = model.text_export_spec()
     sampler = spec["sampler"](temperature, top_k)
     endpoints = _TextEndpoints(spec, sampler, max_batch_size, max_num_steps)
-    archive = keras.export.ExportArchive()
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        with _tf_log_level("ERROR"):
-            for layer in spec["layers"]:
-                archive.track(layer)
-            archive.track(endpoints.table)
-            for name, fn, signature in endpoints.endpoints():
-                archive.add_endpoint(name=name, fn=fn, input_signature=signature)
-            archive.write_out(tmp, verbose=bool(verbose))
-        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-            json.dump(endpoints.metadata(), f, indent=2)
-        if os.path.exists(path):
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return write_archive(
+        path, lambda: [*spec["layers"], endpoints.table], endpoints, verbose=verbose
+    )
 
 
 class _TextEndpoints:
