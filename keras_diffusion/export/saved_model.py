@@ -281,6 +281,7 @@ class _Endpoints:
         self.jit_compile = jit_compile
         self.max_batch_size = int(max_batch_size)
         self.max_num_steps = int(max_num_steps)
+        self._shared_sample = None
 
     # --- input specs ----------------------------------------------------------
     def _condition_specs(self, for_denoise=False):
@@ -523,7 +524,20 @@ class _Endpoints:
         else:
             noise = initial_noise(tf.concat([[batch], spec.sample_shape], 0), seed)
         cond = self._conditions(inputs, batch)
-        return self._jit(self._sample)(noise, seed, guidance_scale, num_steps, cond)
+        return self._sample_fn()(noise, seed, guidance_scale, num_steps, cond)
+
+    def _sample_fn(self):
+        """`_sample` as one tf.function that both generate endpoints call:
+        the sampler loop is traced once per guidance branch, not once per
+        endpoint (the export's main cost)."""
+        if self._shared_sample is None:
+            import tensorflow as tf
+
+            self._shared_sample = tf.function(
+                self._sample, jit_compile=True if self.jit_compile else None,
+                autograph=False, reduce_retracing=True,
+            )
+        return self._shared_sample
 
     def _sample(self, noise, seed, guidance_scale, num_steps, cond):
         """Noise -> images: the runner's sampler loop, guidance and decode."""

@@ -102,6 +102,7 @@ class _TextEndpoints:
         self.vocabulary = list(spec["vocabulary"])
         self.mask_id = int(spec["mask_id"])
         self.sequence_length = int(spec["sequence_length"])
+        self._shared_sample = None
         import tensorflow as tf
 
         chars = self.vocabulary[2:]
@@ -112,6 +113,18 @@ class _TextEndpoints:
             ),
             default_value=1,
         )
+
+    def _sample_fn(self):
+        """The sampler loop as one tf.function that both endpoints call: it is
+        traced once, not once per endpoint."""
+        if self._shared_sample is None:
+            import tensorflow as tf
+
+            def sample(tokens, seed, num_steps):
+                return self.spec["sample_tokens"](tokens, seed, num_steps, self.sampler)[0]
+
+            self._shared_sample = tf.function(sample, autograph=False, reduce_retracing=True)
+        return self._shared_sample
 
     def _specs(self, with_prefix):
         import tensorflow as tf
@@ -185,9 +198,7 @@ class _TextEndpoints:
         masks = tf.fill([length - num_known], self.mask_id)
         row = tf.concat([known, masks], axis=0)
         tokens = tf.tile(row[None, :], [batch_size, 1])
-        out, _ = self.spec["sample_tokens"](
-            tokens, sampler_seed(seed, 0), num_steps, self.sampler
-        )
+        out = self._sample_fn()(tokens, sampler_seed(seed, 0), num_steps)
         table = tf.constant(self.vocabulary + [""], tf.string)
         text = tf.strings.reduce_join(tf.gather(table, out), axis=-1)
         return {"text": text}
