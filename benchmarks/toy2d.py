@@ -229,6 +229,11 @@ def main():
             result = run(schedule, prediction, data, gmm, args)
             print(json.dumps(result), flush=True)
             new.append(result)
+            # Written after every pair: a long grid stopped midway keeps its rows.
+            write_results(json_path, args, previous, new)
+
+
+def write_results(json_path, args, previous, new):
     done = {(r["schedule"], r["prediction"]) for r in new}
     results = [r for r in previous if (r["schedule"], r["prediction"]) not in done] + new
     order = {(s, p): i for i, (s, p) in enumerate(

@@ -49,6 +49,23 @@ class TestCase(unittest.TestCase):
         if backend() != "tensorflow":
             self.skipTest("needs the TensorFlow backend")
 
+    def skip_on_jax(self, reason):
+        """Skips a backend-independent check under JAX (`reason` says why
+        the TensorFlow run covers it)."""
+        if backend() == "jax":
+            self.skipTest(reason)
+
+    def backend_cases(self, cases, jax_stride=2):
+        """All of `cases` on TensorFlow, every `jax_stride`-th on JAX.
+
+        The math is backend-neutral `keras.ops` code checked case by case on
+        TensorFlow; the JAX run checks that the same code runs and agrees
+        there. Under JAX each sampler call compiles its loop (about a second
+        per case), so a matrix of cases runs there on an even sample of it.
+        """
+        cases = list(cases)
+        return cases[::jax_stride] if backend() == "jax" else cases
+
     def assertAllClose(self, actual, expected, atol=1e-6, rtol=1e-6, msg=None):
         actual, expected = to_numpy(actual), to_numpy(expected)
         if isinstance(expected, dict):

@@ -30,15 +30,15 @@ class ImperfectModelTest(TestCase):
         # (20 steps on the default grid), on every pair.
         noise = _noise()
         sampler = samplers.DPMSolverSampler()
-        for name in SCHEDULES:
+        pairs = [(name, prediction) for name in SCHEDULES for prediction in PREDICTIONS]
+        for name, prediction in self.backend_cases(pairs):
             schedule = schedules.get(name)
-            for prediction in PREDICTIONS:
-                x = sampler.sample(_imperfect(schedule, prediction), noise,
-                                   schedule=schedule, prediction=prediction, seed=0)
-                near, max_abs = _near(x)
-                msg = f"{name} {prediction}: near={near}, max={max_abs}"
-                self.assertGreaterEqual(near, 0.9, msg=msg)
-                self.assertLess(max_abs, 3.5, msg=msg)
+            x = sampler.sample(_imperfect(schedule, prediction), noise,
+                               schedule=schedule, prediction=prediction, seed=0)
+            near, max_abs = _near(x)
+            msg = f"{name} {prediction}: near={near}, max={max_abs}"
+            self.assertGreaterEqual(near, 0.9, msg=msg)
+            self.assertLess(max_abs, 3.5, msg=msg)
 
     def test_every_sampler_on_cosine_and_rectified_flow_epsilon(self):
         # The two schedules with alpha(1) ~ 0, with "epsilon" prediction.
@@ -54,7 +54,7 @@ class ImperfectModelTest(TestCase):
         for name in ("cosine", "rectified_flow"):
             schedule = schedules.get(name)
             model_fn = _imperfect(schedule, "epsilon")
-            for sampler in all_samplers:
+            for sampler in self.backend_cases(all_samplers):
                 steps = 25 if isinstance(sampler, samplers.HeunSampler) else 50
                 x = sampler.sample(model_fn, noise, schedule=schedule,
                                    prediction="epsilon", num_steps=steps, seed=0)

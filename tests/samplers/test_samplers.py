@@ -165,7 +165,7 @@ class SamplerContractTest(TestCase):
         model_fn = GMM.denoiser(schedule, "epsilon")
         kwargs = dict(schedule=schedule, prediction="epsilon", timesteps=[0.5], seed=0)
         expected = samplers.DDIMSampler().sample(model_fn, _noise(), **kwargs)
-        for sampler in _some_samplers() + [samplers.EulerSampler()]:
+        for sampler in self.backend_cases(_some_samplers() + [samplers.EulerSampler()]):
             self.assertAllClose(
                 sampler.sample(model_fn, _noise(), **kwargs), expected, atol=1e-6,
                 msg=repr(sampler),
@@ -185,7 +185,7 @@ class PredictionTypesTest(TestCase):
         cases = [(schedules.LinearSchedule(), _some_samplers())]
         cases.append((schedules.CosineSchedule(), _some_samplers()[2:4]))
         for schedule, sampler_list in cases:
-            for sampler in sampler_list:
+            for sampler in self.backend_cases(sampler_list):
                 outs = [
                     to_np(
                         sampler.sample(

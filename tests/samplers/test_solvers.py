@@ -87,7 +87,7 @@ class ContractTest(TestCase):
         kwargs = dict(schedule=schedule, prediction="epsilon", timesteps=[0.5], seed=0)
         expected = samplers.DDIMSampler().sample(model_fn, _noise(), **kwargs)
         noise = _noise(3, 8).reshape(3, 2, 2, 2)
-        for sampler in _deterministic() + _stochastic():
+        for sampler in self.backend_cases(_deterministic() + _stochastic()):
             x = sampler.sample(lambda x, t: 0.1 * x, noise, schedule=schedule,
                                prediction="epsilon", num_steps=4, seed=0)
             self.assertEqual(tuple(x.shape), noise.shape, msg=repr(sampler))
@@ -105,7 +105,7 @@ class ContractTest(TestCase):
                  (schedules.CosineSchedule(), _deterministic()[2:9:3] + _stochastic()[::3],
                   PREDICTIONS)]
         for schedule, sampler_list, predictions in cases:
-            for sampler in sampler_list:
+            for sampler in self.backend_cases(sampler_list):
                 outs = [
                     to_np(sampler.sample(GMM.denoiser(schedule, p), noise, schedule=schedule,
                                          prediction=p, num_steps=9, seed=3))
@@ -128,7 +128,9 @@ class ContractTest(TestCase):
         noise = _noise(64)
         # From t = 1 itself (the default grid starts at log-SNR -10.5, t = 0.9948).
         grid = [1.0 - i / 8 for i in range(8)]
-        for sampler in _deterministic() + _stochastic() + [samplers.UniPCSampler(predict_x0=False)]:
+        for sampler in self.backend_cases(
+            _deterministic() + _stochastic() + [samplers.UniPCSampler(predict_x0=False)]
+        ):
             outs = [
                 to_np(sampler.sample(GMM.denoiser(schedule, p), noise, schedule=schedule,
                                      prediction=p, timesteps=grid, seed=1))
@@ -221,14 +223,13 @@ class DiffusersFormulaTest(TestCase):
                                 msg=f"{sampler!r} {spacing} {num_steps}")
 
     def test_unipc(self):
-        for order in (1, 2, 3):
-            for solver_type in ("bh1", "bh2"):
-                for corrector in (True, False):
-                    sampler = samplers.UniPCSampler(order, solver_type, corrector)
-                    ref = lambda *a, o=order, s=solver_type, c=corrector: (  # noqa: E731
-                        references.unipc(*a, o, s, c))
-                    case = ("trailing", 10) if corrector else ("leading", 5)
-                    self._check(sampler, ref, [case])
+        configs = [(o, s, c) for o in (1, 2, 3) for s in ("bh1", "bh2") for c in (True, False)]
+        for order, solver_type, corrector in self.backend_cases(configs, jax_stride=3):
+            sampler = samplers.UniPCSampler(order, solver_type, corrector)
+            ref = lambda *a, o=order, s=solver_type, c=corrector: (  # noqa: E731
+                references.unipc(*a, o, s, c))
+            case = ("trailing", 10) if corrector else ("leading", 5)
+            self._check(sampler, ref, [case])
         # The noise form amplifies float32 round-off at few steps (diffusers'
         # own float32 run differs from float64 by about 1e-4 at 5 steps).
         sampler = samplers.UniPCSampler(order=3, predict_x0=False)
@@ -238,8 +239,8 @@ class DiffusersFormulaTest(TestCase):
     def test_deis(self):
         for order in (1, 2, 3):
             ref = lambda *a, o=order: references.deis(*a, o)  # noqa: E731
-            self._check(samplers.DEISSampler(order), ref,
-                        [("trailing", 10), ("leading", 20), ("linspace", 6)])
+            self._check(samplers.DEISSampler(order), ref, self.backend_cases(
+                [("trailing", 10), ("leading", 20), ("linspace", 6)], jax_stride=3))
 
     def test_ipndm(self):
         for order in (2, 4):
@@ -253,7 +254,8 @@ class DiffusersFormulaTest(TestCase):
                     references.dpm_singlestep(*a, o, s))
                 cases = [("trailing", 6), ("leading", 11)] if solver_type == "heun" else [
                     ("trailing", 7), ("linspace", 20)]
-                self._check(samplers.DPMSolverSinglestepSampler(order, solver_type), ref, cases)
+                self._check(samplers.DPMSolverSinglestepSampler(order, solver_type), ref,
+                            self.backend_cases(cases))
 
     def _noises(self, num_steps, batch=64, seed=11):
         return [to_np(step_noise((batch, 2), seed, i)) for i in range(num_steps)]
