@@ -168,12 +168,104 @@ def main():
                               num_steps=args.num_steps, seed=seed)
 
     labels = np.repeat(np.arange(10), args.per_class).astype("int32")
-    configs = [("unguided (unconditional)", "cg", 0.0)]
-    configs += [(f"classifier guidance s={s:g}", "cg", s)
-                for s in parse_scales(args.classifier_scales)]
-    configs += [(f"classifier-free guidance w={w:g}", "cfg", w)
+    # Interleaved (classifier, classifier-free, ..., unguided last) and
+    # written after each one, so that a run cut short still reports pairs.
+    cg_list = [(f"classifier guidance s={s:g}", "cg", s)
+               for s in parse_scales(args.classifier_scales)]
+    cfg_list = [(f"classifier-free guidance w={w:g}", "cfg", w)
                 for w in parse_scales(args.cfg_scales)]
+    configs = [c for pair in zip(cg_list, cfg_list) for c in pair]
+    configs += cg_list[len(cfg_list):] + cfg_list[len(cg_list):]
+    configs += [("unguided (unconditional)", "cg", 0.0)]
     results, grids = [], []
+    def write_report():
+        cg = [r for r in results if r["kind"] == "cg" and r["scale"] > 0]
+        cfg = [r for r in results if r["kind"] == "cfg"]
+        pairs = []
+        for r in cg if cfg else []:
+            peer = min(cfg, key=lambda c: abs(c["frechet_distance"] - r["frechet_distance"]))
+            pairs.append({"classifier_guidance": r["name"], "nearest_cfg_by_frechet": peer["name"],
+                          "frechet": [r["frechet_distance"], peer["frechet_distance"]],
+                          "judge_accuracy": [r["judge_accuracy"], peer["judge_accuracy"]],
+                          "accuracy_ratio_cg_over_cfg": r["judge_accuracy"] /
+                          max(peer["judge_accuracy"], 1e-9)})
+
+        save_image_grid(np.concatenate(grids), os.path.join(args.out,
+                                                            "classifier_guidance_mnist.png"),
+                        num_rows=len(configs), scale=2)
+        report = {
+            "benchmark": "classifier_guidance_mnist",
+            "command": "nice -n 19 python benchmarks/classifier_guidance_mnist.py " + " ".join(
+                f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "base", "judge")),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+                       "(shared with other jobs)",
+            "load_average": os.getloadavg()[0],
+            "versions": {"keras": keras.__version__, "backend": keras.backend.backend(),
+                         "tensorflow": tf.__version__, "python": platform.python_version()},
+            "unconditional_model": f"{os.path.relpath(args.base, HERE)} with the null label "
+                                   "(CFG-trained with label dropout 0.1; no separate model)",
+            "noisy_classifier": {
+                "architecture": "NoisyClassifier(base_channels=16, channel_multipliers=(1, 2, 4), "
+                                "num_res_blocks=1), Adam(1e-3), batch 64",
+                "parameters": int(noisy.count_params()), "train_steps": classifier_steps,
+                "train_seconds": round(classifier_seconds, 1),
+                "final_train_accuracy": float(history.history["accuracy"][-1]),
+                "held_out_accuracy_by_t": accuracy_at_t},
+            "sampler": f"dpm_solver x{args.num_steps} (clip_x0 1), EMA weights, same noise for "
+                       "every configuration",
+            "samples_per_class": args.per_class,
+            "judge": judge_source,
+            "frechet_floor_real_train_vs_held_out": floor,
+            "configurations_done": f"{len(results)} of {len(configs)}",
+            "results": results,
+            "matched_pairs": pairs,
+            "total_seconds": round(time.time() - started, 1),
+        }
+        with open(os.path.join(args.out, "classifier_guidance_mnist.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        lines = [
+            "# classifier_guidance_mnist: classifier guidance vs classifier-free guidance",
+            "",
+            f"- unconditional model: {report['unconditional_model']}",
+            f"- noisy classifier: {report['noisy_classifier']['architecture']}, "
+            f"{report['noisy_classifier']['parameters']} parameters, {classifier_steps} steps in "
+            f"{classifier_seconds:.0f} s; held-out accuracy by t: "
+            + ", ".join(f"t={k}: {v:.3f}" for k, v in accuracy_at_t.items()),
+            f"- sampling: {report['sampler']}; {args.per_class} samples per class",
+            f"- judge: {judge_source}; Frechet distance in its 128-d penultimate features vs the "
+            f"1,000 held-out digits (floor, real train vs held-out digits: {floor:.1f})",
+            "",
+            "| configuration | judge accuracy | Frechet distance | per class (0-9) |",
+            "|---|---|---|---|",
+        ] + [
+            f"| {r['name']} | {r['judge_accuracy']:.3f} | {r['frechet_distance']:.1f} | "
+            + " ".join(f"{a:.2f}" for a in r["judge_accuracy_per_class"]) + " |"
+            for r in results
+        ] + [
+            "",
+            "Classifier guidance against the classifier-free configuration nearest in Frechet "
+            "distance:",
+            "",
+        ] + [
+            f"- {p['classifier_guidance']} (FD {p['frechet'][0]:.1f}, accuracy "
+            f"{p['judge_accuracy'][0]:.3f}) vs {p['nearest_cfg_by_frechet']} (FD "
+            f"{p['frechet'][1]:.1f}, accuracy {p['judge_accuracy'][1]:.3f}): accuracy ratio "
+            f"{p['accuracy_ratio_cg_over_cfg']:.2f}"
+            for p in pairs
+        ] + [
+            "",
+            f"Configurations done: {len(results)} of {len(configs)}.",
+            "Grid (classifier_guidance_mnist.png): one row per configuration (table order), 4 "
+            "samples of each digit.",
+            f"Machine: {report['machine']}, load average {report['load_average']:.1f}; Keras "
+            f"{keras.__version__} ({keras.backend.backend()}); "
+            f"{report['total_seconds']:.0f} s in all.",
+            f"Rerun: `{report['command']}`",
+        ]
+        with open(os.path.join(args.out, "classifier_guidance_mnist.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines), flush=True)
+
     with base.ema_weights():
         for name, kind, scale in configs:
             start = time.time()
@@ -199,90 +291,7 @@ def main():
             print(json.dumps(row), flush=True)
             results.append(row)
             grids.append(np.concatenate([images[labels == c][:4] for c in range(10)]))
-
-    cg = [r for r in results if r["kind"] == "cg" and r["scale"] > 0]
-    cfg = [r for r in results if r["kind"] == "cfg"]
-    pairs = []
-    for r in cg:
-        peer = min(cfg, key=lambda c: abs(c["frechet_distance"] - r["frechet_distance"]))
-        pairs.append({"classifier_guidance": r["name"], "nearest_cfg_by_frechet": peer["name"],
-                      "frechet": [r["frechet_distance"], peer["frechet_distance"]],
-                      "judge_accuracy": [r["judge_accuracy"], peer["judge_accuracy"]],
-                      "accuracy_ratio_cg_over_cfg": r["judge_accuracy"] /
-                      max(peer["judge_accuracy"], 1e-9)})
-
-    save_image_grid(np.concatenate(grids), os.path.join(args.out,
-                                                        "classifier_guidance_mnist.png"),
-                    num_rows=len(configs), scale=2)
-    report = {
-        "benchmark": "classifier_guidance_mnist",
-        "command": "nice -n 19 python benchmarks/classifier_guidance_mnist.py " + " ".join(
-            f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "base", "judge")),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-                   "(shared with other jobs)",
-        "load_average": os.getloadavg()[0],
-        "versions": {"keras": keras.__version__, "backend": keras.backend.backend(),
-                     "tensorflow": tf.__version__, "python": platform.python_version()},
-        "unconditional_model": f"{os.path.relpath(args.base, HERE)} with the null label "
-                               "(CFG-trained with label dropout 0.1; no separate model)",
-        "noisy_classifier": {
-            "architecture": "NoisyClassifier(base_channels=16, channel_multipliers=(1, 2, 4), "
-                            "num_res_blocks=1), Adam(1e-3), batch 64",
-            "parameters": int(noisy.count_params()), "train_steps": classifier_steps,
-            "train_seconds": round(classifier_seconds, 1),
-            "final_train_accuracy": float(history.history["accuracy"][-1]),
-            "held_out_accuracy_by_t": accuracy_at_t},
-        "sampler": f"dpm_solver x{args.num_steps} (clip_x0 1), EMA weights, same noise for "
-                   "every configuration",
-        "samples_per_class": args.per_class,
-        "judge": judge_source,
-        "frechet_floor_real_train_vs_held_out": floor,
-        "results": results,
-        "matched_pairs": pairs,
-        "total_seconds": round(time.time() - started, 1),
-    }
-    with open(os.path.join(args.out, "classifier_guidance_mnist.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    lines = [
-        "# classifier_guidance_mnist: classifier guidance vs classifier-free guidance",
-        "",
-        f"- unconditional model: {report['unconditional_model']}",
-        f"- noisy classifier: {report['noisy_classifier']['architecture']}, "
-        f"{report['noisy_classifier']['parameters']} parameters, {classifier_steps} steps in "
-        f"{classifier_seconds:.0f} s; held-out accuracy by t: "
-        + ", ".join(f"t={k}: {v:.3f}" for k, v in accuracy_at_t.items()),
-        f"- sampling: {report['sampler']}; {args.per_class} samples per class",
-        f"- judge: {judge_source}; Frechet distance in its 128-d penultimate features vs the "
-        f"1,000 held-out digits (floor, real train vs held-out digits: {floor:.1f})",
-        "",
-        "| configuration | judge accuracy | Frechet distance | per class (0-9) |",
-        "|---|---|---|---|",
-    ] + [
-        f"| {r['name']} | {r['judge_accuracy']:.3f} | {r['frechet_distance']:.1f} | "
-        + " ".join(f"{a:.2f}" for a in r["judge_accuracy_per_class"]) + " |"
-        for r in results
-    ] + [
-        "",
-        "Classifier guidance against the classifier-free configuration nearest in Frechet "
-        "distance:",
-        "",
-    ] + [
-        f"- {p['classifier_guidance']} (FD {p['frechet'][0]:.1f}, accuracy "
-        f"{p['judge_accuracy'][0]:.3f}) vs {p['nearest_cfg_by_frechet']} (FD "
-        f"{p['frechet'][1]:.1f}, accuracy {p['judge_accuracy'][1]:.3f}): accuracy ratio "
-        f"{p['accuracy_ratio_cg_over_cfg']:.2f}"
-        for p in pairs
-    ] + [
-        "",
-        "Grid (classifier_guidance_mnist.png): one row per configuration (table order), 4 "
-        "samples of each digit.",
-        f"Machine: {report['machine']}, load average {report['load_average']:.1f}; Keras "
-        f"{keras.__version__} ({keras.backend.backend()}); {report['total_seconds']:.0f} s in all.",
-        f"Rerun: `{report['command']}`",
-    ]
-    with open(os.path.join(args.out, "classifier_guidance_mnist.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            write_report()
 
 
 if __name__ == "__main__":

@@ -288,7 +288,8 @@ def main():
         "",
         "Drift (judge accuracy on classes 0-9, after - before): with prior preservation "
         f"{with_p['judge_accuracy_classes_0_9'] - b['judge_accuracy_classes_0_9']:+.3f}, "
-        f"without {without_p['judge_accuracy_classes_0_9'] - b['judge_accuracy_classes_0_9']:+.3f}; "
+        "without "
+        f"{without_p['judge_accuracy_classes_0_9'] - b['judge_accuracy_classes_0_9']:+.3f}; "
         "style leak into class 3 (style fraction after - before): with "
         f"{with_p['style_fraction_class_3'] - b['style_fraction_class_3']:+.2f}, without "
         f"{without_p['style_fraction_class_3'] - b['style_fraction_class_3']:+.2f}.",

@@ -75,10 +75,10 @@ class DreamBoothConfigTest(TestCase):
     def test_bad_configs_are_clear_errors(self):
         workdir = self.get_temp_dir()
         config, _ = tiny_config(workdir, num_subject=1)
-        config.model.dreambooth.base_model = ""
+        path, config.model.dreambooth.base_model = config.model.dreambooth.base_model, ""
         with self.assertRaisesRegex(ValueError, "model.dreambooth.base_model"):
             builders.build_model(config)
-        config, _ = tiny_config(os.path.join(workdir, "b"), num_subject=1)
+        config.model.dreambooth.base_model = path
         config.model.dreambooth.class_label = -1
         config.model.dreambooth.init_from = -1
         with self.assertRaisesRegex(ValueError, "class_label"):
