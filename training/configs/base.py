@@ -33,8 +33,9 @@ def get_base_config():
     data.toy2d_num_points = 4096
 
     config.model = model = ml_collections.ConfigDict()
-    # "diffusion" (DiffusionModel), "latent" (LatentDiffusionModel) or
-    # "sd_lora" (Stable Diffusion through keras_diffusion.pretrained).
+    # "diffusion" (DiffusionModel), "latent" (LatentDiffusionModel),
+    # "sd_lora" (Stable Diffusion through keras_diffusion.pretrained) or
+    # "dreambooth" (a new label on a trained class-conditional model).
     model.kind = "diffusion"
     model.denoiser = "unet"  # "unet", "dit", "mmdit", "mlp"
     model.denoiser_kwargs = ml_collections.ConfigDict(
@@ -67,6 +68,18 @@ def get_base_config():
     model.bpe_path = ""  # CLIP tokenizer merges file ("" = keras-cv downloads it)
     model.max_text_length = 77
     model.download_weights = True  # keras-cv's SD 1.x weights (network or its cache)
+    # model.kind == "dreambooth" (keras_diffusion.models.dreambooth): fine-tune
+    # the class-conditional `base_model` (.keras) on the data's few subject
+    # images, bound to a new label (the base's num_classes), its embedding
+    # initialized from class `init_from` (-1: the mean). With
+    # `prior_preservation`, `num_class_images` samples of `class_label` (-1:
+    # init_from) drawn by the frozen base (with the `sample.*` sampler, steps
+    # and guidance) join the data, weighted by `prior_loss_weight`.
+    # `lora_rank` > 0 trains LoRA only; 0 is full fine-tuning.
+    model.dreambooth = ml_collections.ConfigDict({
+        "base_model": "", "init_from": -1, "class_label": -1, "prior_preservation": True,
+        "prior_loss_weight": 1.0, "num_class_images": 200, "lora_rank": 0,
+    })
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adamw"  # "adamw" or "adam"

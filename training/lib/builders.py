@@ -55,7 +55,106 @@ def source_fn(config, split=None):
         return data_lib.tfds_dataset(d.tfds_name, split, data_dir=d.data_dir or None,
                                      label_key="label" if d.labels else None)
 
+    if config.model.kind == "dreambooth":
+        return dreambooth_source_fn(config, fn)
     return fn
+
+
+def dreambooth_source_fn(config, instance_fn):
+    """The DreamBooth set (`models.dreambooth.prior_preservation_data`): the
+    source's few subject images under the new label, with, under prior
+    preservation, `num_class_images` class images drawn now by the frozen base.
+
+    Drawn once, eagerly, before tf.data: the returned function closes over
+    the arrays. Subject images repeat so that every class image is used once
+    per pass (and a pass holds at least one batch).
+    """
+    import math
+
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_diffusion.models import dreambooth
+
+    b, s = config.model.dreambooth, config.sample
+    base = load_dreambooth_base(config)
+    images = np.stack([e["images"] for e in instance_fn().as_numpy_iterator()])
+    class_label, class_images = dreambooth_class_label(config), None
+    wanted = config.data.batch_size
+    if b.prior_preservation:
+        class_images = dreambooth.generate_class_images(
+            base, class_label, b.num_class_images, batch_size=s.batch_size, sampler=s.sampler,
+            num_steps=s.num_steps, guidance_scale=s.guidance_scale, seed=config.seed,
+        )
+        wanted = max(wanted, b.num_class_images / b.prior_loss_weight)
+    arrays = dreambooth.prior_preservation_data(
+        images, base.num_classes, class_images, class_label,
+        prior_loss_weight=b.prior_loss_weight, repeats=max(1, math.ceil(wanted / len(images))),
+        prior_preservation=b.prior_preservation, seed=config.seed,
+    )
+    return lambda: tf.data.Dataset.from_tensor_slices(arrays)
+
+
+def dreambooth_class_label(config):
+    """The prior class of `model.dreambooth` (`class_label`, else `init_from`)."""
+    b = config.model.dreambooth
+    label = b.class_label if b.class_label >= 0 else b.init_from
+    if b.prior_preservation and label < 0:
+        raise ValueError(
+            "model.dreambooth.prior_preservation=True needs the class of the subject: set "
+            "model.dreambooth.class_label (or init_from), received class_label="
+            f"{b.class_label}, init_from={b.init_from}"
+        )
+    return int(label)
+
+
+def load_dreambooth_base(config):
+    """The trained class-conditional model of `model.dreambooth.base_model`."""
+    path = config.model.dreambooth.base_model
+    if not path:
+        raise ValueError(
+            "model.kind='dreambooth' needs model.dreambooth.base_model: the path of a trained "
+            "class-conditional .keras DiffusionModel, received ''"
+        )
+    saving.check_keras_file(path, "model.dreambooth.base_model")
+    base = saving.load_model(path)
+    if not getattr(base, "num_classes", None):
+        raise ValueError(
+            f"model.dreambooth.base_model={path!r} is not class-conditional "
+            f"(num_classes={getattr(base, 'num_classes', None)})"
+        )
+    return base
+
+
+def build_dreambooth_model(config, shape):
+    """`models.dreambooth.add_label` of the base: one more class, the new
+    label; LoRA on every Dense and Conv layer when `lora_rank` > 0 (the label
+    embedding, where the new label lives, trains too)."""
+    from keras_diffusion.models import dreambooth
+
+    m, b = config.model, config.model.dreambooth
+    base = load_dreambooth_base(config)
+    if tuple(base.image_shape) != tuple(shape):
+        raise ValueError(
+            f"model.dreambooth.base_model generates images of shape {tuple(base.image_shape)}, "
+            f"but the data (data.image_size, data.channels) have shape {tuple(shape)}"
+        )
+    if not -1 <= b.init_from < base.num_classes:
+        raise ValueError(
+            f"model.dreambooth.init_from must be a class in [0, {base.num_classes}) or -1 "
+            f"(the mean), received {b.init_from}"
+        )
+    dreambooth_class_label(config)
+    model = dreambooth.add_label(base, None if b.init_from < 0 else b.init_from)
+    if m.num_classes and m.num_classes != model.num_classes:
+        raise ValueError(
+            f"model.num_classes={m.num_classes} must be the base's classes plus the new "
+            f"label ({model.num_classes}), or 0"
+        )
+    if b.lora_rank:
+        model.denoiser.enable_lora(b.lora_rank, target="all")
+        model.denoiser.label_embed.trainable = True
+    return model
 
 
 def data_shape(config):
@@ -170,10 +269,12 @@ def build_model(config):
         model = build_sd_lora_model(config, common)
     elif m.kind in ("consistency", "progressive_distillation"):
         model = build_distillation_model(config, shape, common)
+    elif m.kind == "dreambooth":
+        model = build_dreambooth_model(config, shape)
     else:
         raise ValueError(
             f"Unknown model.kind={m.kind!r}. Valid names: ['diffusion', 'latent', 'sd_lora', "
-            "'consistency', 'progressive_distillation']"
+            "'consistency', 'progressive_distillation', 'dreambooth']"
         )
     model.build({"images": (1,) + shape})
     return model
