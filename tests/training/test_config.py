@@ -10,7 +10,11 @@ from keras_diffusion.testing import TestCase
 from training.lib import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = ("base", "mnist", "toy2d", "cifar10_ddpm", "latent_dit_flow", "sd_lora")
+# Every config file that ships (a new one is checked without being listed).
+CONFIGS = sorted(
+    name[:-3] for name in os.listdir(os.path.join(ROOT, "training", "configs"))
+    if name.endswith(".py") and name != "__init__.py"
+)
 
 
 def get_config(name):

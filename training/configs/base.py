@@ -34,8 +34,9 @@ def get_base_config():
 
     config.model = model = ml_collections.ConfigDict()
     # "diffusion" (DiffusionModel), "latent" (LatentDiffusionModel),
-    # "sd_lora" (Stable Diffusion through keras_diffusion.pretrained) or
-    # "dreambooth" (a new label on a trained class-conditional model).
+    # "sd_lora" (Stable Diffusion through keras_diffusion.pretrained),
+    # "dreambooth" (a new label on a trained class-conditional model),
+    # "consistency" or "progressive_distillation" (few-step models).
     model.kind = "diffusion"
     model.denoiser = "unet"  # "unet", "dit", "mmdit", "mlp"
     model.denoiser_kwargs = ml_collections.ConfigDict(
@@ -50,6 +51,11 @@ def get_base_config():
     model.num_classes = 0  # 0: unconditional
     model.condition_dropout = 0.1
     model.kwargs = ml_collections.ConfigDict()  # other model arguments
+    # model.kind == "consistency" or "progressive_distillation": the path of
+    # the trained .keras teacher ("" for consistency training, no teacher),
+    # and the distillation model's own arguments (e.g. teacher_steps).
+    model.teacher = ""
+    model.distillation_kwargs = ml_collections.ConfigDict()
     # model.kind == "latent": the frozen autoencoder. The path of a trained
     # .keras VAE, "stable_diffusion" (SD 1.x's, keras-cv) or "new" (an
     # untrained VAE(**vae_kwargs): smoke tests only).
