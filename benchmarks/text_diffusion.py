@@ -392,10 +392,11 @@ def write(results, samples, args):
     for part in ("markov", "pydoc"):
         if part in results:
             run, c = results[part]["run"], results[part]["run"]["config"]
+            xla = "XLA" if c.get("jit", 1) else "no XLA"
             lines += [f"Part `{part}`: `{run['command']}`", "",
                       f"Machine: {run['machine']}; {run['versions']}. All models: width "
                       f"{c['dim']}, {c['layers']} layers, {c['heads']} heads, batch "
-                      f"{c['batch']}, AdamW lr {c['lr']:g}, XLA, the same wall-clock "
+                      f"{c['batch']}, AdamW lr {c['lr']:g}, {xla}, the same wall-clock "
                       f"training time ({c['seconds']:g} s each, after the first step).", ""]
     if "markov" in results:
         m = results["markov"]
@@ -466,7 +467,11 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processes", default="masked,uniform")
     parser.add_argument("--notes", default="")
+    parser.add_argument("--jit", type=int, default=1,
+                        help="XLA for the train steps (0: plain graphs, no compile wait)")
     args = parser.parse_args()
+    global JIT
+    JIT = bool(args.jit)
     keras.utils.set_random_seed(args.seed)
     results = {
         "command": "nice -n 10 python benchmarks/text_diffusion.py " + " ".join(
