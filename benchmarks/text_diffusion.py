@@ -1,5 +1,6 @@
-"""Masked diffusion (MDLM) on text: ELBO bits/char against an exact entropy
-rate and against an autoregressive Transformer peer trained in the same run.
+"""Masked diffusion (MDLM) and uniform-noise diffusion (D3PM-uniform in
+continuous time) on text: ELBO bits/char against an exact entropy rate and
+against an autoregressive Transformer peer trained in the same run.
 
 (a) markov: a random order-2 Markov chain over 27 symbols (26 letters and a
     space) with its entropy rate computed exactly (the stationary
@@ -11,9 +12,10 @@ rate and against an autoregressive Transformer peer trained in the same run.
     `sequence_length`-character chunks; ELBO bpc on the held-out 10%,
     samples, the AR peer's bpc, generation characters/s of both.
 
-Both models have the same width, depth and heads (the peer: the same
-pre-LN blocks with a causal mask instead of adaLN-Zero) and train for the
-same wall-clock time. Run:
+All models have the same width, depth and heads (the peer: the same
+pre-LN blocks with a causal mask instead of adaLN-Zero; the uniform model is
+`MaskedDiffusionLM(process="uniform")`, time-conditioned) and train for the
+same wall-clock time, one after the other. Run:
 
     nice -n 10 python benchmarks/text_diffusion.py --part all --seconds 150
 
@@ -38,6 +40,7 @@ from keras import ops  # noqa: E402
 import keras_diffusion  # noqa: E402
 from keras_diffusion.models import MaskedDiffusionLM  # noqa: E402
 
+PROCESS_KEYS = {"masked": "mdlm", "uniform": "uniform"}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SYMBOLS = list("abcdefghijklmnopqrstuvwxyz ")
 # XLA for both models' train steps (on this CPU 1.6x faster than without).
@@ -239,32 +242,40 @@ def run_markov(args, samples_out):
     train = sample_chain(P, pi, args.train_sequences, L, seed=1) + 2  # ids 2.. (0 pad, 1 UNK)
     test = sample_chain(P, pi, args.test_sequences, L, seed=2) + 2
     del pairs
-    model = MaskedDiffusionLM(
-        sequence_length=L, vocabulary=["", "[UNK]"] + SYMBOLS, hidden_dim=args.dim,
-        num_layers=args.layers, num_heads=args.heads, seed=0)
-    model.compile(keras.optimizers.AdamW(args.lr, weight_decay=0.01, clipnorm=1.0),
-                  jit_compile=JIT)
-    steps, secs = train_mdlm(model, train, args.seconds, args.batch)
-    ev = mdlm_eval(model, test, args.eval_samples)
+    diffusion = {}
+    for process in args.processes.split(","):
+        model = MaskedDiffusionLM(
+            sequence_length=L, vocabulary=["", "[UNK]"] + SYMBOLS, hidden_dim=args.dim,
+            num_layers=args.layers, num_heads=args.heads, seed=0, process=process)
+        model.compile(keras.optimizers.AdamW(args.lr, weight_decay=0.01, clipnorm=1.0),
+                      jit_compile=JIT)
+        steps, secs = train_mdlm(model, train, args.seconds, args.batch)
+        ev = mdlm_eval(model, test, args.eval_samples)
+        text = model.generate(4, length=L, num_steps=L, seed=0)
+        samples_out.setdefault("markov", "")
+        samples_out["markov"] += "== markov: %s diffusion samples (27 symbols) ==\n%s\n" % (
+            process, "\n".join(text))
+        diffusion[PROCESS_KEYS[process]] = {
+            "elbo_bpc": ev["bpc"], "bpc_stderr": ev["bpc_stderr"],
+            "ratio_to_entropy_rate": ev["bpc"] / h, "ratio_to_window_entropy": ev["bpc"] / window,
+            "train_steps": steps, "train_seconds": secs, "params": param_count(model)}
+        print(process, diffusion[PROCESS_KEYS[process]], flush=True)
     ar, ar_steps, ar_secs = train_ar(29, train, args.seconds, args.batch, L, args.dim,
                                      args.layers, args.heads, args.lr)
     ar_value = ar_bpc(ar, test)
-    text = model.generate(4, length=L, num_steps=L, seed=0)
-    samples_out["markov"] = "== markov: MDLM samples (27 symbols) ==\n" + "\n".join(text)
+    best = min(v["elbo_bpc"] for v in diffusion.values())
     return {
         "entropy_rate_bits": h,
         "window_entropy_bits_per_char": window,
         "order0_entropy_bits": h_order0,
         "order1_conditional_entropy_bits": h_order1,
         "sequence_length": L,
-        "mdlm": {"elbo_bpc": ev["bpc"], "bpc_stderr": ev["bpc_stderr"],
-                 "ratio_to_entropy_rate": ev["bpc"] / h,
-                 "ratio_to_window_entropy": ev["bpc"] / window,
-                 "train_steps": steps, "train_seconds": secs, "params": param_count(model)},
+        **diffusion,
         "ar": {"bpc": ar_value, "ratio_to_entropy_rate": ar_value / h,
                "train_steps": ar_steps, "train_seconds": ar_secs, "params": param_count(ar)},
         "goal": "MDLM ELBO within 5% of the entropy rate",
-        "goal_met": bool(ev["bpc"] <= 1.05 * h),
+        "goal_met": bool(diffusion.get("mdlm", {"elbo_bpc": np.inf})["elbo_bpc"] <= 1.05 * h),
+        "best_diffusion_ratio_to_entropy_rate": best / h,
     }
 
 
@@ -286,6 +297,24 @@ def run_pydoc(args, samples_out):
     steps, secs = train_mdlm(model, train, args.seconds, args.batch)
     ev = mdlm_eval(model, test, args.eval_samples)
     vocab = model.mask_id + 1
+    uniform = None
+    if "uniform" in args.processes.split(","):
+        other = MaskedDiffusionLM(sequence_length=L, vocabulary=model.vocabulary,
+                                  hidden_dim=args.dim, num_layers=args.layers,
+                                  num_heads=args.heads, seed=0, process="uniform")
+        other.compile(keras.optimizers.AdamW(args.lr, weight_decay=0.01, clipnorm=1.0),
+                      jit_compile=JIT)
+        u_steps, u_secs = train_mdlm(other, train, args.seconds, args.batch)
+        u_ev = mdlm_eval(other, test, args.eval_samples)
+        other.generate(8, length=L, num_steps=L, seed=0)  # Warm-up (tracing).
+        start = time.time()
+        u_texts = other.generate(8, length=L, num_steps=L, seed=1)
+        uniform = {"elbo_bpc": u_ev["bpc"], "bpc_stderr": u_ev["bpc_stderr"],
+                   "train_steps": u_steps, "train_seconds": u_secs,
+                   "params": param_count(other),
+                   "generation_chars_per_s": 8 * L / (time.time() - start),
+                   "network_calls": int(other.last_num_calls), "num_steps": L}
+        print("uniform", uniform, flush=True)
     ar, ar_steps, ar_secs = train_ar(vocab, train, args.seconds, args.batch, L, args.dim,
                                      args.layers, args.heads, args.lr)
     ar_value = ar_bpc(ar, test)
@@ -311,6 +340,9 @@ def run_pydoc(args, samples_out):
         + long_text[0]
         + "\n== pydoc: MDLM infilling (given / filled) ==\n" + infill_src + "\n" + filled[0]
     )
+    if uniform is not None:
+        samples_out["pydoc"] += ("\n== pydoc: uniform diffusion samples (length %d, %d steps) "
+                                 "==\n" % (L, L) + "\n---\n".join(u_texts))
     return {
         "corpus_characters": len(corpus), "train_chunks": len(train_text),
         "test_chunks": len(test_text), "vocabulary_size": model.vocabulary_size,
@@ -321,6 +353,8 @@ def run_pydoc(args, samples_out):
                  "num_steps": steps_gen},
         "ar": {"bpc": ar_value, "train_steps": ar_steps, "train_seconds": ar_secs,
                "params": param_count(ar), "generation_chars_per_s": ar_cps},
+        **({"uniform": uniform, "ratio_uniform_to_ar_bpc": uniform["elbo_bpc"] / ar_value}
+           if uniform is not None else {}),
         "ratio_mdlm_to_ar_bpc": ev["bpc"] / ar_value,
         "goal": "MDLM ELBO bpc <= 1.15x the AR bpc",
         "goal_met": bool(ev["bpc"] <= 1.15 * ar_value),
@@ -358,10 +392,11 @@ def write(results, samples, args):
     for part in ("markov", "pydoc"):
         if part in results:
             run, c = results[part]["run"], results[part]["run"]["config"]
+            xla = "XLA" if c.get("jit", 1) else "no XLA"
             lines += [f"Part `{part}`: `{run['command']}`", "",
-                      f"Machine: {run['machine']}; {run['versions']}. Both models: width "
+                      f"Machine: {run['machine']}; {run['versions']}. All models: width "
                       f"{c['dim']}, {c['layers']} layers, {c['heads']} heads, batch "
-                      f"{c['batch']}, AdamW lr {c['lr']:g}, XLA, the same wall-clock "
+                      f"{c['batch']}, AdamW lr {c['lr']:g}, {xla}, the same wall-clock "
                       f"training time ({c['seconds']:g} s each, after the first step).", ""]
     if "markov" in results:
         m = results["markov"]
@@ -379,11 +414,15 @@ def write(results, samples, args):
                   "| MDLM ELBO (± MC stderr) | %.4f ± %.4f | %.3f |" % (
                       m["mdlm"]["elbo_bpc"], m["mdlm"]["bpc_stderr"],
                       m["mdlm"]["ratio_to_entropy_rate"]),
+                  *(["| uniform diffusion ELBO (± MC stderr) | %.4f ± %.4f | %.3f |" % (
+                      m["uniform"]["elbo_bpc"], m["uniform"]["bpc_stderr"],
+                      m["uniform"]["ratio_to_entropy_rate"])] if "uniform" in m else []),
                   "| AR peer (exact NLL) | %.4f | %.3f |" % (
                       m["ar"]["bpc"], m["ar"]["ratio_to_entropy_rate"]), "",
-                  "Train steps: MDLM %d, AR %d. Goal (within 5%% of the entropy rate): %s." % (
-                      m["mdlm"]["train_steps"], m["ar"]["train_steps"],
-                      "met" if m["goal_met"] else "NOT met"), ""]
+                  "Train steps: MDLM %d, %sAR %d. Goal (MDLM within 5%% of the entropy rate): "
+                  "%s." % (m["mdlm"]["train_steps"],
+                           "uniform %d, " % m["uniform"]["train_steps"] if "uniform" in m else "",
+                           m["ar"]["train_steps"], "met" if m["goal_met"] else "NOT met"), ""]
     if "pydoc" in results:
         p = results["pydoc"]
         lines += ["## (b) pydoc_data.topics (%d characters, 90/10 split)" % p["corpus_characters"],
@@ -393,10 +432,18 @@ def write(results, samples, args):
                   "| %d |" % (p["mdlm"]["elbo_bpc"], p["mdlm"]["bpc_stderr"],
                               p["mdlm"]["generation_chars_per_s"], p["mdlm"]["num_steps"],
                               p["mdlm"]["network_calls"], p["mdlm"]["train_steps"]),
+                  *(["| uniform diffusion ELBO (± MC stderr) | %.4f ± %.4f | %.0f (%d steps) "
+                     "| %d |" % (p["uniform"]["elbo_bpc"], p["uniform"]["bpc_stderr"],
+                                 p["uniform"]["generation_chars_per_s"],
+                                 p["uniform"]["num_steps"], p["uniform"]["train_steps"])]
+                    if "uniform" in p else []),
                   "| AR peer | %.4f | %.0f (no KV cache) | %d |" % (
                       p["ar"]["bpc"], p["ar"]["generation_chars_per_s"], p["ar"]["train_steps"]),
-                  "", "MDLM / AR bpc: %.3f. Goal (<= 1.15): %s." % (
-                      p["ratio_mdlm_to_ar_bpc"], "met" if p["goal_met"] else "NOT met"), "",
+                  "", "MDLM / AR bpc: %.3f%s. Goal (MDLM <= 1.15): %s." % (
+                      p["ratio_mdlm_to_ar_bpc"],
+                      "; uniform / AR: %.3f" % p["ratio_uniform_to_ar_bpc"]
+                      if "uniform" in p else "",
+                      "met" if p["goal_met"] else "NOT met"), "",
                   "Samples: `text_diffusion_samples.txt`.", ""]
     notes = [results[p]["run"].get("notes", "") for p in ("markov", "pydoc") if p in results]
     lines += ["## Notes", ""] + [n for n in notes if n] + [""]
@@ -418,8 +465,13 @@ def main():
     parser.add_argument("--test_sequences", type=int, default=1000)
     parser.add_argument("--eval_samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--processes", default="masked,uniform")
     parser.add_argument("--notes", default="")
+    parser.add_argument("--jit", type=int, default=1,
+                        help="XLA for the train steps (0: plain graphs, no compile wait)")
     args = parser.parse_args()
+    global JIT
+    JIT = bool(args.jit)
     keras.utils.set_random_seed(args.seed)
     results = {
         "command": "nice -n 10 python benchmarks/text_diffusion.py " + " ".join(

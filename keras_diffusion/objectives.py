@@ -420,3 +420,153 @@ def masked_diffusion_loss(network, tokens, t, uniforms, schedule, mask_id):
     log_p = ops.take_along_axis(log_probs, ops.cast(tokens, "int32")[..., None], axis=-1)
     cross_entropy = -ops.sum(log_p[..., 0] * ops.cast(masked, "float32"), axis=1)
     return schedule.elbo_weight(t) * cross_entropy
+
+
+# ----------------------------------------------------------------------
+# Uniform-noise discrete diffusion: D3PM-uniform in continuous time
+# ----------------------------------------------------------------------
+def uniform_log_marginal(log_probs, t, schedule):
+    """`log(N q_t(. | x))` of uniform noise, for x a distribution.
+
+    `q_t(. | x) = alpha x + (1 - alpha) / N` (Austin et al., 2021): each
+    token kept with probability `alpha`, else replaced by a uniform draw
+    among the N tokens (possibly itself). Written as a `logaddexp` of
+    `alpha(t)` and `schedule.mask_probability(t)` (1 - alpha, computed
+    without cancellation) so that it stays accurate for alpha near 0 and
+    near 1.
+
+    Args:
+        log_probs: `(B, L, N)` log-probabilities of x (a one-hot as 0 and a
+            large negative number).
+        t: `(B,)` times.
+        schedule: a `MaskingSchedule` (its `alpha(t)`: P(a token is kept)).
+
+    Returns:
+        float32 `(B, L, N)`: `log(N alpha x + 1 - alpha)`.
+    """
+    alpha = schedule.alpha(t)[:, None, None]
+    moved = schedule.mask_probability(t)[:, None, None]
+    n = ops.cast(ops.shape(log_probs)[-1], "float32")
+    return ops.logaddexp(ops.log(n * alpha) + log_probs, ops.log(moved))
+
+
+def uniform_noise_tokens(tokens, t, uniforms, schedule, num_tokens):
+    """z_t ~ q(z_t | x) of uniform noise: with probability 1 - alpha(t) a
+    token is replaced by one drawn uniformly among `num_tokens`.
+
+    One uniform per token does both: `u < 1 - alpha` picks the replaced
+    tokens, and `u / (1 - alpha)`, uniform in [0, 1) given that, the new one.
+
+    Args:
+        tokens: int `(B, L)` clean tokens in [0, num_tokens).
+        t: `(B,)` times.
+        uniforms: `(B, L)` uniforms in [0, 1).
+        schedule: a `MaskingSchedule` (its `alpha(t)`: P(a token is kept)).
+        num_tokens: N, the number of tokens the noise draws from.
+
+    Returns:
+        int `(B, L)`: the noisy tokens.
+    """
+    moved = ops.maximum(schedule.mask_probability(t), 1e-12)[:, None]
+    draw = ops.floor(uniforms / moved * num_tokens)
+    draw = ops.cast(ops.clip(draw, 0, num_tokens - 1), tokens.dtype)
+    return ops.where(uniforms < moved, draw, tokens)
+
+
+def uniform_diffusion_loss(network, tokens, t, uniforms, schedule, num_tokens):
+    """The continuous-time negative ELBO of uniform-noise diffusion, per sequence.
+
+    The forward process is the CTMC whose marginal is
+    `q_t(. | x) = alpha(t) x + (1 - alpha(t)) / N` (D3PM-uniform, Austin et
+    al., 2021, in continuous time): a token jumps to each of the N tokens
+    at rate `beta(t) / N`, `beta = -alpha' / alpha`. The model's reverse
+    step is D3PM's: `p(z_s | z_t) = q(z_s | z_t, x = x_theta(z_t))` with the
+    denoiser's distribution `x_theta` in place of x, whose rates are
+    `beta / N * xbar_theta[y] / xbar_theta[z_t]` for
+    `xbar = N alpha x + 1 - alpha` (`uniform_log_marginal`). The NELBO is the
+    KL between the forward path given x and the model's (Campbell et al.,
+    2022; Lou et al., 2024, whose score entropy this is with the score
+    `xbar_theta[y] / xbar_theta[z_t]`):
+
+        NELBO(x) = E_t E_{z_t ~ q_t(.|x)} [ beta(t) / N * sum_l sum_y
+                   r[y] (exp(w[y]) - 1 - w[y]) ],
+        r[y] = xbar[y] / xbar[z_t],  w[y] = log(xbar_theta[y] / xbar_theta[z_t]) - log r[y],
+
+    the same as Schiff et al. (2024, UDLM) write it. Each term is >= 0. The
+    bound is tight (NELBO(x) = -log p(x)) when the model's rates are the
+    exact reverse rates `beta / N * q_t(y) / q_t(z_t)`, which this
+    parameterization reaches with `x_theta` at position l equal to
+    `p(x^l | z_t^{-l})`, the posterior given the other positions. The prior term is zero
+    (`alpha(1) = 0`: z_1 is uniform, the sampler's start) and so is the
+    reconstruction term (z_0 = x). A single-sample estimate at the given t
+    (unbiased for t ~ U(0, 1)). t is clipped to [1e-4, 1 - 1e-4]: the
+    integrand is bounded near t = 0 and O(alpha) near t = 1, so the clipping
+    moves the integral by at most 1e-4 times the integrand's bound.
+
+    Args:
+        network: `network(z_t, t) -> logits (B, L, N)` over the N tokens.
+        tokens: int `(B, L)` clean tokens in [0, N).
+        t: `(B,)` times in (0, 1).
+        uniforms: `(B, L)` uniforms that pick the noisy tokens
+            (`uniform_noise_tokens`).
+        schedule: a `MaskingSchedule` (its `alpha(t)`: P(a token is kept)).
+        num_tokens: N, the logits' width and the tokens the noise draws from.
+
+    Returns:
+        float32 `(B,)`: the NELBO estimate of each sequence, in nats.
+
+    References:
+        Austin et al., Structured Denoising Diffusion Models in Discrete
+        State-Spaces, 2021.
+        Campbell et al., A Continuous Time Framework for Discrete Denoising
+        Models, 2022.
+        Lou et al., Discrete Diffusion Modeling by Estimating the Ratios of
+        the Data Distribution, 2024.
+        Schiff et al., Simple Guidance Mechanisms for Discrete Diffusion
+        Models, 2024.
+    """
+    t = ops.clip(ops.cast(t, "float32"), MASKED_T_MIN, 1.0 - MASKED_T_MIN)
+    tokens = ops.cast(tokens, "int32")
+    z_t = uniform_noise_tokens(tokens, t, uniforms, schedule, num_tokens)
+    log_x0 = ops.log_softmax(ops.cast(network(z_t, t), "float32"), axis=-1)
+    one_hot = ops.one_hot(tokens, num_tokens) > 0.5
+    log_data = uniform_log_marginal(ops.where(one_hot, 0.0, _NEG_INF), t, schedule)
+    log_model = uniform_log_marginal(log_x0, t, schedule)
+    index = z_t[..., None]
+    log_r = log_data - ops.take_along_axis(log_data, index, axis=-1)
+    w = log_model - ops.take_along_axis(log_model, index, axis=-1) - log_r
+    # r (e^w - 1 - w) >= 0, with expm1 for w near 0 (t near 1).
+    divergence = ops.sum(ops.exp(log_r) * (ops.expm1(w) - w), axis=(1, 2))
+    beta = -schedule.alpha_derivative(t) / schedule.alpha(t)
+    return beta / num_tokens * divergence
+
+
+def uniform_posterior_log_probs(log_probs, z_t, t, s, schedule):
+    """log p(z_s | z_t) of uniform-noise diffusion, s < t: D3PM's step
+    `q(z_s | z_t, x)` with the denoiser's distribution in place of x.
+
+    `q(z_s = y | z_t, x) ∝ q(z_t | z_s = y) q(z_s = y | x)`, with
+    `N q(z_t | z_s = y) = N alpha_{t|s} [y = z_t] + 1 - alpha_{t|s}`,
+    `alpha_{t|s} = alpha_t / alpha_s` (Austin et al., 2021, eq. 3) and
+    `q(z_s | x)` from `uniform_log_marginal`. Both factors are linear in x,
+    so a distribution p in place of x gives the exact posteriors mixed with
+    weights `p(x) q(z_t | x)` (D3PM's x0-parameterization).
+
+    Args:
+        log_probs: `(B, L, N)` the denoiser's log-probabilities of x.
+        z_t: int `(B, L)` the current tokens.
+        t, s: scalar times, `0 <= s < t <= 1`.
+        schedule: a `MaskingSchedule` (its `alpha(t)`: P(a token is kept)).
+
+    Returns:
+        float32 `(B, L, N)` normalized log-probabilities of z_s.
+    """
+    n = ops.shape(log_probs)[-1]
+    alpha_s = schedule.alpha(s)
+    # 1 - alpha_{t|s} = (alpha_s - alpha_t) / alpha_s, from the mask
+    # probabilities (no cancellation near t = 0).
+    jumped = (schedule.mask_probability(t) - schedule.mask_probability(s)) / alpha_s
+    stay = ops.log(ops.cast(n, "float32") * schedule.alpha(t) / alpha_s + jumped)
+    transition = ops.where(ops.one_hot(z_t, n) > 0.5, stay, ops.log(jumped))
+    s = ops.full((ops.shape(log_probs)[0],), s, "float32")
+    return ops.log_softmax(transition + uniform_log_marginal(log_probs, s, schedule), axis=-1)

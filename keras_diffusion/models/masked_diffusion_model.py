@@ -13,6 +13,7 @@ from keras_diffusion.models import train_steps
 from keras_diffusion.models.token_transformer import TokenTransformer
 from keras_diffusion.samplers.masked_diffusion_sampler import MaskedDiffusionSampler
 from keras_diffusion.samplers.masked_diffusion_sampler import uniform_noise
+from keras_diffusion.samplers.uniform_diffusion_sampler import UniformDiffusionSampler
 from keras_diffusion.schedules.masking_schedule import MaskingSchedule
 from keras_diffusion.utils.tensorflow_ops import has_accelerator
 
@@ -20,6 +21,7 @@ PAD_ID = 0
 OOV_ID = 1
 # Batches that `fit` reads to build the vocabulary of an infinite dataset.
 ADAPT_BATCHES = 1000
+PROCESSES = ("masked", "uniform")
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -35,6 +37,15 @@ class MaskedDiffusionLM(keras.Model):
     parameterization, the masked cross-entropy weighted by
     `-alpha'(t) / (1 - alpha(t))`) under a `MaskingSchedule`; the denoiser is
     a `TokenTransformer`.
+
+    With `process="uniform"` the same model is D3PM-uniform diffusion in
+    continuous time instead: a token is kept with probability `alpha(t)`,
+    else replaced by a uniform draw among the vocabulary's tokens (no mask
+    token); the loss is its exact NELBO
+    (`keras_diffusion.objectives.uniform_diffusion_loss`), so its `bpc` is
+    a bound comparable with the masked process's, and generation runs
+    `UniformDiffusionSampler`. The network is then time-conditioned by
+    default (the tokens do not show how noisy they are).
 
     Data for `fit` / `evaluate`: a batched `tf.data.Dataset`, a Python
     generator, a list or an array of strings `(B,)` (each truncated or
@@ -58,11 +69,15 @@ class MaskedDiffusionLM(keras.Model):
             (`["", "[UNK]", ...]`), or None to build it by `adapt` / `fit`.
         max_vocabulary_size: the most vocabulary entries `adapt` keeps.
         schedule: a `MaskingSchedule` or its kind (`"log_linear"`,
-            `"cosine"`).
+            `"cosine"`); its `alpha(t)` is P(a token is kept) in both
+            processes.
+        process: `"masked"` (absorbing state, MDLM) or `"uniform"`
+            (uniform noise, D3PM-uniform in continuous time).
         hidden_dim, num_layers, num_heads, mlp_ratio, dropout: the default
             `TokenTransformer`.
         time_conditioning: condition the network on t (MDLM: not needed;
-            without it the sampler caches).
+            without it the sampler caches). None: False for `"masked"`,
+            True for `"uniform"`.
         num_eval_samples: NELBO draws per sequence in `evaluate`.
         seed: seed of the training noise (None: random).
         **kwargs: `keras.Model` arguments.
@@ -80,6 +95,8 @@ class MaskedDiffusionLM(keras.Model):
         2024.
         Austin et al., Structured Denoising Diffusion Models in Discrete
         State-Spaces, 2021.
+        Schiff et al., Simple Guidance Mechanisms for Discrete Diffusion
+        Models, 2024 (the uniform process's continuous-time NELBO).
     """
 
     def __init__(
@@ -93,12 +110,18 @@ class MaskedDiffusionLM(keras.Model):
         num_heads=4,
         mlp_ratio=4.0,
         dropout=0.0,
-        time_conditioning=False,
+        time_conditioning=None,
         num_eval_samples=1,
         seed=None,
+        process="masked",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if process not in PROCESSES:
+            raise ValueError(
+                f"`process` must be one of {list(PROCESSES)}, received process={process!r}"
+            )
+        self.process = process
         self.sequence_length = int(sequence_length)
         if self.sequence_length < 2:
             raise ValueError(
@@ -119,6 +142,8 @@ class MaskedDiffusionLM(keras.Model):
         self.num_heads = int(num_heads)
         self.mlp_ratio = float(mlp_ratio)
         self.dropout = float(dropout)
+        if time_conditioning is None:
+            time_conditioning = process == "uniform"
         self.time_conditioning = bool(time_conditioning)
         self.num_eval_samples = int(num_eval_samples)
         if self.num_eval_samples < 1:
@@ -161,8 +186,15 @@ class MaskedDiffusionLM(keras.Model):
 
     @property
     def mask_id(self):
-        """The mask token: the id after the vocabulary."""
+        """The mask token: the id after the vocabulary (for the uniform
+        process, only the placeholder of the positions to generate)."""
         return self.vocabulary_size
+
+    @property
+    def num_logits(self):
+        """The denoiser's output width: the vocabulary and, for the masked
+        process, the mask token."""
+        return self.vocabulary_size + (1 if self.process == "masked" else 0)
 
     def set_vocabulary(self, vocabulary):
         """Sets the characters (`["", "[UNK]", ...]`) and builds the network."""
@@ -183,7 +215,7 @@ class MaskedDiffusionLM(keras.Model):
         if self.vectorizer is not None:
             self.vectorizer.set_vocabulary(vocabulary[2:])
         self.denoiser = TokenTransformer(
-            vocabulary_size=len(vocabulary) + 1,
+            vocabulary_size=len(vocabulary) + (1 if self.process == "masked" else 0),
             max_length=self.sequence_length,
             hidden_dim=self.hidden_dim,
             num_layers=self.num_layers,
@@ -415,9 +447,14 @@ class MaskedDiffusionLM(keras.Model):
 
     def _bits(self, tokens, t, uniforms, training):
         """Per-sequence NELBO in bits and the number of characters."""
-        nelbo = objectives.masked_diffusion_loss(
-            self.network(training), tokens, t, uniforms, self.schedule, self.mask_id
-        )
+        if self.process == "uniform":
+            nelbo = objectives.uniform_diffusion_loss(
+                self.network(training), tokens, t, uniforms, self.schedule, self.num_logits
+            )
+        else:
+            nelbo = objectives.masked_diffusion_loss(
+                self.network(training), tokens, t, uniforms, self.schedule, self.mask_id
+            )
         chars = ops.sum(ops.cast(ops.not_equal(tokens, PAD_ID), "float32"), axis=1)
         return nelbo / math.log(2.0), chars
 
@@ -472,8 +509,11 @@ class MaskedDiffusionLM(keras.Model):
     # Generation
     # ------------------------------------------------------------------
     def sampler(self, temperature=1.0, top_k=None):
-        """The `MaskedDiffusionSampler` of `generate` (cached iff the network
-        is not time-conditioned)."""
+        """The sampler of `generate`: `MaskedDiffusionSampler` (cached iff
+        the network is not time-conditioned) or, for the uniform process,
+        `UniformDiffusionSampler`."""
+        if self.process == "uniform":
+            return UniformDiffusionSampler(temperature=temperature, top_k=top_k)
         return MaskedDiffusionSampler(
             temperature=temperature, top_k=top_k, cache=not self.time_conditioning
         )
@@ -483,12 +523,12 @@ class MaskedDiffusionLM(keras.Model):
         `sequence_length`): the graph that `generate` and the export run."""
         return sampler.sample(
             self.network(), tokens, schedule=self.schedule, mask_id=self.mask_id,
-            num_steps=num_steps, seed=seed, vocabulary_size=self.mask_id + 1,
+            num_steps=num_steps, seed=seed, vocabulary_size=self.num_logits,
             return_num_calls=True,
         )
 
     def _compiled_sampler(self, sampler):
-        key = (sampler.temperature, sampler.top_k, sampler.cache)
+        key = (type(sampler).__name__, sampler.temperature, sampler.top_k, sampler.cache)
         cache = self.__dict__.setdefault("_sample_fns", {})
         if key not in cache:
             fn = lambda tokens, seed, steps: self.sample_tokens(tokens, seed, steps, sampler)
@@ -653,6 +693,7 @@ class MaskedDiffusionLM(keras.Model):
                 "time_conditioning": self.time_conditioning,
                 "num_eval_samples": self.num_eval_samples,
                 "seed": self.seed,
+                "process": self.process,
             }
         )
         return config

@@ -19,6 +19,7 @@ from keras_diffusion.samplers.spacing import SPACINGS
 from keras_diffusion.samplers.spacing import START_LOG_SNR
 from keras_diffusion.samplers.spacing import make_timesteps
 from keras_diffusion.samplers.spacing import start_time
+from keras_diffusion.samplers.uniform_diffusion_sampler import UniformDiffusionSampler
 from keras_diffusion.samplers.unipc_sampler import UniPCSampler
 
 _NAMES = {

@@ -72,12 +72,17 @@ class MaskedDiffusionSampler:
         self.top_k = top_k
         self.cache = bool(cache)
 
+    def _top_k(self, log_probs):
+        """The log-probabilities outside the `top_k` largest set to -1e9."""
+        if self.top_k is None:
+            return log_probs
+        k = min(self.top_k, log_probs.shape[-1])
+        kth = ops.top_k(log_probs, k)[0][..., -1:]
+        return ops.where(log_probs < kth, -1e9, log_probs)
+
     def _propose(self, log_probs, seed, step):
         """A token per position from the (tempered, top-k) distribution."""
-        if self.top_k is not None:
-            k = min(self.top_k, log_probs.shape[-1])
-            kth = ops.top_k(log_probs, k)[0][..., -1:]
-            log_probs = ops.where(log_probs < kth, -1e9, log_probs)
+        log_probs = self._top_k(log_probs)
         if self.temperature == 0.0:
             return ops.argmax(log_probs, axis=-1)
         u = uniform_noise(ops.shape(log_probs), seed, 2 * step)

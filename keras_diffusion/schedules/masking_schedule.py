@@ -63,8 +63,12 @@ class MaskingSchedule:
         return -0.5 * math.pi * ops.sin(0.5 * math.pi * t)
 
     def mask_probability(self, t):
-        """1 - alpha(t): P(a token is masked at time t)."""
-        return 1.0 - self.alpha(t)
+        """1 - alpha(t): P(a token is masked at time t), computed without
+        cancellation near t = 0 (t, and 2 sin^2(pi t / 4))."""
+        t = ops.cast(t, "float32")
+        if self.kind == "log_linear":
+            return t
+        return 2.0 * ops.square(ops.sin(0.25 * math.pi * t))
 
     def elbo_weight(self, t):
         """-alpha'(t) / (1 - alpha(t)), the NELBO weight of the masked CE."""
