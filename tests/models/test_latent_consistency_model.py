@@ -153,3 +153,32 @@ class LatentConsistencyModelTest(TestCase):
                      attention_resolutions=(), num_groups=4)
         with self.assertRaisesWithArgument(ValueError, "guidance", "guidance_embedding=False"):
             plain({**x, "guidance": ops.ones((1,))})
+
+
+class NetworkPredictionTest(TestCase):
+    def test_network_read_as_its_prediction_type(self):
+        from keras_diffusion import objectives
+        from keras_diffusion import schedules
+        from keras_diffusion.models import ConsistencyParameterization
+        from keras_diffusion.models import MLPDenoiser
+        from keras_diffusion.models.consistency_parameterization import consistency_coefficients
+
+        schedule = schedules.get("cosine")
+        net = MLPDenoiser(data_dim=2, hidden_dim=8, num_layers=1)
+        f = ConsistencyParameterization(net, schedule, 0.5, network_prediction="v")
+        x = np.random.default_rng(0).normal(size=(3, 2)).astype("float32")
+        t = np.array([schedule.t_min, 0.5, 0.99], "float32")
+        v = net({"x_t": x, "t": t})
+        x0, _ = objectives.to_x0_epsilon("v", v, x, t, schedule)
+        c_skip, c_out = consistency_coefficients(schedule, t, 0.5)
+        expected = c_skip[:, None] * x + c_out[:, None] * x0 / 0.5
+        out = f({"x_t": x, "t": t})
+        self.assertAllClose(out, expected, atol=1e-5)
+        self.assertAllClose(out[0], x[0] / ops.convert_to_numpy(schedule.alpha(t[:1]))[0],
+                            atol=1e-5)  # the boundary condition still holds
+        revived = ConsistencyParameterization.from_config(f.get_config())
+        self.assertEqual(revived.network_prediction, "v")
+        self.assertNotIn("network_prediction",
+                         ConsistencyParameterization(net, schedule).get_config())
+        with self.assertRaisesWithArgument(ValueError, "prediction", "'velocity'"):
+            ConsistencyParameterization(net, schedule, network_prediction="velocity")
