@@ -11,6 +11,7 @@ from keras_diffusion.models.denoiser import Denoiser
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.dit import DiT
 from keras_diffusion.models.edm_preconditioning import EDMPreconditioning
+from keras_diffusion.models.latent_consistency_model import LatentConsistencyModel
 from keras_diffusion.models.latent_diffusion_model import LatentDiffusionModel
 from keras_diffusion.models.masked_diffusion_model import MaskedDiffusionLM
 from keras_diffusion.models.mlp_denoiser import MLPDenoiser

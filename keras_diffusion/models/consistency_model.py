@@ -337,7 +337,7 @@ class ConsistencyModel(DiffusionModel):
             null = self._null_condition(ops.shape(x0)[0])
 
             def denoise(x, t):
-                return self.teacher.denoise(x, t, cond, null, self.guidance_scale)
+                return self._teacher_denoise(x, t, cond, null)
 
             x_lo = ops.stop_gradient(
                 ode_step(self.solver, denoise, x_hi, t_hi, t_lo, self.schedule)
@@ -359,6 +359,14 @@ class ConsistencyModel(DiffusionModel):
             losses = losses / ops.maximum(gap, 1e-12)
         return losses, t_hi
 
+    def _teacher_denoise(self, x, t, cond, null):
+        """The teacher's guided (x0, eps) at per-example times `t`."""
+        return self.teacher.denoise(x, t, cond, null, self.guidance_scale)
+
+    def _training_condition(self, cond, batch):
+        """The student's condition inputs of a training batch (LCM adds w)."""
+        return cond
+
     def _update_target(self):
         mu = self.target_ema_decay
         for target, v in zip(self.target_variables, self.denoiser.trainable_variables):
@@ -375,6 +383,7 @@ class ConsistencyModel(DiffusionModel):
                 cond, self._null_condition(batch), self.condition_dropout,
                 self._training_seed(),
             )
+        cond = self._training_condition(cond, batch)
         self._update_target()
         num_points = self._num_points()
         n = self._draw_pairs(batch, num_points)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_diffusion import objectives
 from keras_diffusion.models.denoiser_wrapper import DenoiserWrapper
 from keras_diffusion.schedules.schedule import broadcast_like
 
@@ -53,10 +54,20 @@ class ConsistencyParameterization(DenoiserWrapper):
     trained diffusion denoiser can initialize it. It follows the denoiser
     contract and predicts "x0".
 
+    With `network_prediction` set, the network is a diffusion denoiser of
+    that prediction type and F = x0(network) / sigma_data, its output turned
+    into x0 (`objectives.to_x0_epsilon`), as LCM does with an epsilon
+    network: a student initialized from its teacher then starts at
+    f ~= the teacher's x0 where c_out ~= sigma_data (high noise) and at
+    f ~= x_t / alpha near t_min, instead of at an arbitrary function.
+
     Args:
         denoiser: the network F, any denoiser of the dict contract.
         schedule: the schedule (name, config or `Schedule`).
         sigma_data: the data's standard deviation (0.5 for images in [-1, 1]).
+        network_prediction: None (F is the network's output) or the
+            prediction type of the network ("epsilon", "x0", "v", "flow",
+            "score"), converted to x0 / sigma_data.
         **kwargs: base model arguments (`name`, `dtype`, ...).
 
     Example:
@@ -68,13 +79,17 @@ class ConsistencyParameterization(DenoiserWrapper):
         Song, Dhariwal, Chen & Sutskever, Consistency Models, 2023.
     """
 
-    def __init__(self, denoiser, schedule="cosine", sigma_data=0.5, **kwargs):
+    def __init__(self, denoiser, schedule="cosine", sigma_data=0.5, network_prediction=None,
+                 **kwargs):
         if isinstance(denoiser, ConsistencyParameterization):
             raise ValueError(
                 "`denoiser` is already a ConsistencyParameterization; pass its network "
                 "(`.denoiser`)"
             )
         super().__init__(denoiser, schedule, sigma_data, **kwargs)
+        if network_prediction is not None:
+            network_prediction = objectives.validate_prediction(network_prediction)
+        self.network_prediction = network_prediction
 
     def call(self, inputs, training=None):
         self._check_dict(inputs)
@@ -84,4 +99,13 @@ class ConsistencyParameterization(DenoiserWrapper):
             t = ops.full((ops.shape(x_t)[0],), t)
         c_skip, c_out = consistency_coefficients(self.schedule, t, self.sigma_data)
         f = ops.cast(self.denoiser(inputs, training=training), "float32")
+        if self.network_prediction is not None:
+            x0, _ = objectives.to_x0_epsilon(self.network_prediction, f, x_t, t, self.schedule)
+            f = x0 / self.sigma_data
         return broadcast_like(c_skip, x_t) * x_t + broadcast_like(c_out, x_t) * f
+
+    def get_config(self):
+        config = super().get_config()
+        if self.network_prediction is not None:
+            config["network_prediction"] = self.network_prediction
+        return config

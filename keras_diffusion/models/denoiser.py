@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-INPUT_KEYS = ("x_t", "t", "labels", "context", "condition", "control")
+INPUT_KEYS = ("x_t", "t", "labels", "context", "condition", "control", "guidance")
 
 
 class Denoiser(keras.Model):
@@ -23,6 +23,8 @@ class Denoiser(keras.Model):
         "control" (required iff `control_channels` > 0, ControlNets): a
             control image `(B, H * hint_downsampling, W * hint_downsampling,
             control_channels)`.
+        "guidance" (required iff `guidance_embedding`, LCM students): the
+            guidance scale w `(B,)` the network is conditioned on.
     Returns a float32 tensor shaped like x_t (also under mixed precision).
 
     A subclass sets `num_classes`, `context_dim`, `condition_channels` and
@@ -45,6 +47,7 @@ class Denoiser(keras.Model):
     condition_channels = 0
     control_channels = 0
     hint_downsampling = 1
+    guidance_embedding = False
     lora_rank = None
     lora_target = "attention"
 
@@ -198,7 +201,26 @@ class Denoiser(keras.Model):
                 "`condition` was given but the model has condition_channels=0"
             )
         self._check_control_shape(shapes.get("control"), x)
+        self._check_guidance_shape(shapes.get("guidance"))
         return x
+
+    def _check_guidance_shape(self, guidance):
+        if not self.guidance_embedding:
+            if guidance is not None:
+                raise ValueError(
+                    f"`guidance` was given but {type(self).__name__} has "
+                    "guidance_embedding=False"
+                )
+            return
+        if guidance is None:
+            raise ValueError(
+                f"The inputs need a `guidance` scale (B,) since {type(self).__name__} has "
+                "guidance_embedding=True"
+            )
+        if len(_shape(guidance)) != 1:
+            raise ValueError(
+                f"`guidance` must have shape (B,), received guidance.shape={_shape(guidance)}"
+            )
 
     def _check_control_shape(self, control, x):
         if not self.control_channels:

@@ -55,6 +55,10 @@ class DenoiserWrapper(Denoiser):
         return getattr(self.denoiser, "condition_channels", 0)
 
     @property
+    def guidance_embedding(self):
+        return getattr(self.denoiser, "guidance_embedding", False)
+
+    @property
     def data_rank(self):
         return getattr(self.denoiser, "data_rank", 4)
 

@@ -223,6 +223,10 @@ class DiffusionModel(keras.Model):
         self._runner = None
         self._weights_lock = threading.RLock()
 
+    # The condition key under which the denoiser takes the guidance scale
+    # (LCM students); None: classifier-free guidance.
+    guidance_input = None
+
     # ------------------------------------------------------------------
     # Properties
     # ------------------------------------------------------------------
@@ -879,6 +883,7 @@ class DiffusionModel(keras.Model):
                 self._null_condition,
                 self.is_conditional,
                 codec=self.codec if self.codec.is_latent else None,
+                guidance_input=self.guidance_input,
             )
         return self._runner
 

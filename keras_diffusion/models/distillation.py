@@ -8,6 +8,8 @@ does). `ode_step` takes one probability-flow ODE step with the samplers'
 own step math (`Sampler.ddim_step`, `euler_sampler.flow`).
 """
 
+import numbers
+
 from keras import ops
 
 from keras_diffusion import objectives
@@ -133,11 +135,14 @@ class Teacher:
         return self.source(x_t, t)
 
     def predict(self, x_t, t, condition=None, null_condition=None, guidance_scale=1.0):
-        """The teacher's output (its prediction type) at per-example times."""
+        """The teacher's output (its prediction type) at per-example times;
+        `guidance_scale` a float, or a tensor broadcastable to the output
+        (per-example scales `(B, 1, ..., 1)`)."""
         condition = dict(condition or {})
 
         def body():
-            if guidance_scale == 1.0 or not condition or null_condition is None:
+            plain = isinstance(guidance_scale, numbers.Number) and guidance_scale == 1.0
+            if plain or not condition or null_condition is None:
                 return self._network(x_t, t, condition)
             guided = classifier_free_guidance(
                 self._network, condition, null_condition, guidance_scale

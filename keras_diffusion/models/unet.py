@@ -36,6 +36,8 @@ class UNet(Denoiser):
         "context": `(B, L, context_dim)`, required iff `context_dim` is set.
         "condition": `(B, H, W, condition_channels)`, required iff
             `condition_channels > 0`.
+        "guidance": `(B,)` guidance scales w, required iff
+            `guidance_embedding` (an LCM student).
     Output: float32 `(B, H, W, output_channels)`, `output_channels`
     defaulting to `input_channels`, also under mixed precision.
 
@@ -59,6 +61,10 @@ class UNet(Denoiser):
         context_dim: width of the context sequence (None: no
             cross-attention).
         condition_channels: channels of the image condition (0: none).
+        guidance_embedding: condition on a guidance scale w (LCM, Luo et
+            al. 2023): sinusoids of w (scaled by 1000, as t) and an MLP,
+            through a zero-initialized projection added to the time
+            embedding, so a copy of a trained UNet starts as that UNet.
         lora_rank, lora_target: set by `enable_lora`, restored on load.
         **kwargs: `keras.Model` arguments (name, dtype).
 
@@ -95,6 +101,7 @@ class UNet(Denoiser):
         num_classes=None,
         context_dim=None,
         condition_channels=0,
+        guidance_embedding=False,
         lora_rank=None,
         lora_target="attention",
         **kwargs,
@@ -116,6 +123,7 @@ class UNet(Denoiser):
         self.num_classes = None if num_classes is None else int(num_classes)
         self.context_dim = None if context_dim is None else int(context_dim)
         self.condition_channels = int(condition_channels or 0)
+        self.guidance_embedding = bool(guidance_embedding)
         self.lora_rank = lora_rank
         self.lora_target = lora_target
         if time_conditioning not in ("scale_shift", "additive"):
@@ -181,6 +189,15 @@ class UNet(Denoiser):
                 self.num_classes + 1, emb_dim, dtype=policy, name="label_embed"
             )
             self.label_embed.build((None,))
+        if self.guidance_embedding:
+            self.guidance_embed = TimestepEmbedding(
+                emb_dim, frequency_dim=self.base_channels, dtype=policy, name="guidance_embed"
+            )
+            self.guidance_embed.build((None,))
+            self.guidance_proj = keras.layers.Dense(
+                emb_dim, kernel_initializer="zeros", dtype=policy, name="guidance_proj"
+            )
+            self.guidance_proj.build(emb_shape)
 
         res_block, attn_block, build_attn = self._res_block, self._attn_block, self._build_attn
         b, size = x_shape[0], x_shape[1]
@@ -258,7 +275,8 @@ class UNet(Denoiser):
         list of tensors added to the skip connections, in encoder order, and
         (the last one) to the middle block's output."""
         x, t, labels, context = self._unpack(inputs)
-        hs, h, emb = self._encode(x, t, labels, context, training)
+        hs, h, emb = self._encode(x, t, labels, context, training,
+                                  guidance=inputs.get("guidance"))
         if residuals is not None:
             if len(residuals) != len(hs) + 1:
                 raise ValueError(
@@ -269,12 +287,16 @@ class UNet(Denoiser):
             h = h + ops.cast(residuals[-1], h.dtype)
         return self._decode(hs, h, emb, context, training)
 
-    def _encode(self, x, t, labels, context, training, hint=None):
+    def _encode(self, x, t, labels, context, training, hint=None, guidance=None):
         """The down blocks and the middle block: `(skips, middle, emb)`;
-        `hint` (a ControlNet's) is added after `conv_in`."""
+        `hint` (a ControlNet's) is added after `conv_in`, `guidance` (w)
+        to the time embedding."""
         emb = self.time_embed(t)
         if labels is not None:
             emb = emb + ops.cast(self.label_embed(labels), emb.dtype)
+        if self.guidance_embedding and guidance is not None:
+            w = ops.cast(ops.reshape(guidance, (-1,)), "float32")
+            emb = emb + ops.cast(self.guidance_proj(self.guidance_embed(w)), emb.dtype)
 
         def attend(layer, h):
             return layer([h, context]) if self.context_dim else layer(h)
@@ -339,6 +361,7 @@ class UNet(Denoiser):
                 "num_classes": self.num_classes,
                 "context_dim": self.context_dim,
                 "condition_channels": self.condition_channels,
+                "guidance_embedding": self.guidance_embedding,
             }
         )
         config.update(self._base_config())

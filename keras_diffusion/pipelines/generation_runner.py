@@ -44,6 +44,11 @@ class GenerationRunner:
         null_condition: `null_condition(batch) -> dict` of the null inputs.
         conditional: whether the model takes conditions (guidance applies).
         codec: an object with `decode(x)`; None for pixel space.
+        guidance_input: None, or the condition key (e.g. "guidance") under
+            which the network takes the guidance scale as an input (an LCM
+            student, conditioned on w): the scale is then given to the
+            network, broadcast over the batch, with no classifier-free
+            guidance (one network call per step).
 
     Example:
     >>> runner = GenerationRunner(net_fn, model.trainable_variables, schedule,
@@ -53,7 +58,7 @@ class GenerationRunner:
     """
 
     def __init__(self, network, variables, schedule, prediction, null_condition,
-                 conditional, codec=None):
+                 conditional, codec=None, guidance_input=None):
         self.network = network
         self.variables = list(variables)
         self.schedule = schedule
@@ -61,6 +66,7 @@ class GenerationRunner:
         self.null_condition = null_condition
         self.conditional = bool(conditional)
         self.codec = codec
+        self.guidance_input = guidance_input
         self._functions = {}
         self._lock = threading.Lock()
 
@@ -76,6 +82,15 @@ class GenerationRunner:
             # The null half of guidance keeps e.g. a ControlNet's control.
             null = {k: cond[k] if k in KEPT_KEYS else v for k, v in null.items()}
             return cond, null
+
+        if self.guidance_input is not None:
+            def with_scale(x_t, t):
+                cond, _ = resolve(x_t)
+                scale = ops.cast(ops.convert_to_tensor(guidance_scale), "float32")
+                cond[self.guidance_input] = ops.broadcast_to(scale, (ops.shape(x_t)[0],))
+                return self.network(x_t, t, cond)
+
+            return with_scale
 
         plain = not self.conditional or (
             isinstance(guidance_scale, (int, float)) and guidance_scale == 1
