@@ -2,7 +2,7 @@
 
 Runs the README's two commands (train the MNIST config, then
 `--mode=sample`), times each, and reads the samples written to
-`workdir/samples/samples_step1500.npz` (100 samples, label i % 10) with
+`workdir/samples/samples_step<num_steps>.npz` (100 samples, label i % 10) with
 benchmarks/mnist.py's judge: the small CNN trained on the 1,000 digits of its
 seeded held-out split. A second sample run with
 `--config.sample.num_images=1000` gives a tighter estimate of the same
@@ -28,6 +28,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from training.configs.mnist import get_config  # noqa: E402
+
+NUM_STEPS = get_config().train.num_steps  # The README config's training steps.
+STEPS = f"samples_step{NUM_STEPS}"
 
 
 def run(args, log):
@@ -63,14 +68,13 @@ def main():
     train_s = run(["--config=training/configs/mnist.py", f"--workdir={workdir}"], log)
     sample_s = run([f"--workdir={workdir}", "--mode=sample"], log)
     load_after = os.getloadavg()
-    readme = np.load(os.path.join(workdir, "samples", "samples_step1500.npz"))["samples"]
-    shutil.copy(os.path.join(workdir, "samples", "samples_step1500.png"),
-                args.out + ".png")
-    os.rename(os.path.join(workdir, "samples", "samples_step1500.npz"),
+    readme = np.load(os.path.join(workdir, "samples", f"{STEPS}.npz"))["samples"]
+    shutil.copy(os.path.join(workdir, "samples", f"{STEPS}.png"), args.out + ".png")
+    os.rename(os.path.join(workdir, "samples", f"{STEPS}.npz"),
               os.path.join(workdir, "samples", "readme_100.npz"))
     more_s = run([f"--workdir={workdir}", "--mode=sample", "--config.sample.num_images=1000",
                   "--config.sample.seed=1"], log)
-    more = np.load(os.path.join(workdir, "samples", "samples_step1500.npz"))["samples"]
+    more = np.load(os.path.join(workdir, "samples", f"{STEPS}.npz"))["samples"]
 
     import keras
 
@@ -130,7 +134,8 @@ def main():
         "",
         "| part | seconds |",
         "|---|---|",
-        f"| train (README command 1: 1,500 steps of 64 digits) | {results['train_seconds']} |",
+        f"| train (README command 1: {NUM_STEPS:,} steps of 64 digits) | "
+        f"{results['train_seconds']} |",
         f"| sample (README command 2: 100 samples) | {results['sample_seconds']} |",
         f"| 1,000 more samples (seed 1) | {results['sample_1000_seconds']} |",
         "",
