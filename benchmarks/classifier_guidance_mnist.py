@@ -52,21 +52,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from mnist import frechet_distance  # noqa: E402
+from mnist import TimeBudget  # noqa: E402
 from mnist import load_digits  # noqa: E402
 from mnist import trained_judge  # noqa: E402
-
-
-class TimeBudget(keras.callbacks.Callback):
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self.start = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.time() - self.start > self.seconds:
-            self.model.stop_training = True
 
 
 class StepBudget(keras.callbacks.Callback):

@@ -46,6 +46,7 @@ from keras_diffusion.utils.images import save_image_grid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from mnist import TimeBudget  # noqa: E402
 from mnist import load_digits  # noqa: E402
 from mnist import trained_judge  # noqa: E402
 
@@ -66,19 +67,6 @@ def style_classifier():
     h = keras.layers.Conv2D(32, 3, activation="relu", padding="same")(h)
     h = keras.layers.GlobalAveragePooling2D()(h)
     return keras.Model(inputs, keras.layers.Dense(1)(h))
-
-
-class TimeBudget(keras.callbacks.Callback):
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self.start = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.time() - self.start > self.seconds:
-            self.model.stop_training = True
 
 
 def main():
