@@ -51,22 +51,10 @@ from keras_diffusion.utils.images import save_image_grid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from mnist import classifier  # noqa: E402
 from mnist import frechet_distance  # noqa: E402
+from mnist import TimeBudget  # noqa: E402
 from mnist import load_digits  # noqa: E402
-
-
-class TimeBudget(keras.callbacks.Callback):
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self.start = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.time() - self.start > self.seconds:
-            self.model.stop_training = True
+from mnist import trained_judge  # noqa: E402
 
 
 class StepBudget(keras.callbacks.Callback):
@@ -86,8 +74,8 @@ def parse_scales(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=os.path.join(HERE, "results", "mnist.keras"))
-    parser.add_argument("--judge", default="/tmp/s3/judge.keras",
-                        help="a saved mnist.py classifier(); trained here when missing")
+    parser.add_argument("--judge", default="",
+                        help="a saved mnist.py classifier(); default: train it here")
     parser.add_argument("--classifier_steps", type=int, default=400)
     parser.add_argument("--classifier_minutes", type=float, default=8.0,
                         help="a wall-time cap on the classifier's training")
@@ -108,15 +96,7 @@ def main():
     x_train, y_train = x[:4000], y[:4000]
     x_held, y_held = x[4000:], y[4000:]
 
-    if os.path.exists(args.judge):
-        judge = keras.models.load_model(args.judge)
-        judge_source = args.judge
-    else:
-        judge, _ = classifier()
-        judge.compile(keras.optimizers.Adam(1e-3),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        judge.fit(x_held / 127.5 - 1, y_held, batch_size=64, epochs=60, verbose=0)
-        judge_source = "trained here (benchmarks/mnist.py classifier(), 60 epochs)"
+    judge, _, judge_source = trained_judge(x_held, y_held, args.judge)
     features = keras.Model(judge.inputs, judge.get_layer("features").output)
     real_features = features.predict(x_held / 127.5 - 1, verbose=0)
     floor = frechet_distance(features.predict(x_train[:1000] / 127.5 - 1, verbose=0),

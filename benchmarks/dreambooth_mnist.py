@@ -20,7 +20,7 @@ Then, for the base and each fine-tuned model, dpm_solver x20 at guidance 3:
 - judge accuracy on classes 0-9 (drift of the other classes), and the share
   of new-label samples the judge reads as a 3 (the subject kept its digit).
   The judge is `benchmarks/mnist.py`'s classifier() trained on its held-out
-  split (`--judge`, e.g. the one saved by the lead), or trained here.
+  split (`--judge` loads a saved one), or trained here.
 
 Writes dreambooth_mnist.{json,md,png} and the 5 subject images as PNGs in
 results/dreambooth_mnist_subject/ (the data of training/configs/dreambooth_mnist.py).
@@ -46,8 +46,9 @@ from keras_diffusion.utils.images import save_image_grid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from mnist import classifier  # noqa: E402
+from mnist import TimeBudget  # noqa: E402
 from mnist import load_digits  # noqa: E402
+from mnist import trained_judge  # noqa: E402
 
 NEW_LABEL = 10
 
@@ -68,24 +69,11 @@ def style_classifier():
     return keras.Model(inputs, keras.layers.Dense(1)(h))
 
 
-class TimeBudget(keras.callbacks.Callback):
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_begin(self, logs=None):
-        self.start = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.time() - self.start > self.seconds:
-            self.model.stop_training = True
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=os.path.join(HERE, "results", "mnist.keras"))
-    parser.add_argument("--judge", default="/tmp/s3/judge.keras",
-                        help="a saved mnist.py classifier(); trained here when missing")
+    parser.add_argument("--judge", default="",
+                        help="a saved mnist.py classifier(); default: train it here")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=2e-4)
@@ -127,15 +115,7 @@ def main():
     print(f"style classifier: thick {style_tp:.3f} on thickened, {style_fp:.3f} on real digits "
           f"({style_seconds:.0f} s)", flush=True)
 
-    if os.path.exists(args.judge):
-        judge = keras.models.load_model(args.judge)
-        judge_source = args.judge
-    else:
-        judge, _ = classifier()
-        judge.compile(keras.optimizers.Adam(1e-3),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        judge.fit(x_held / 127.5 - 1, y_held, batch_size=64, epochs=60, verbose=0)
-        judge_source = "trained here (benchmarks/mnist.py classifier(), 60 epochs)"
+    judge, _, judge_source = trained_judge(x_held, y_held, args.judge)
     judge_real = float(np.mean(np.argmax(judge.predict(x[:1000] / 127.5 - 1, verbose=0), -1)
                                == y[:1000]))
     judge_thick = float(np.mean(np.argmax(judge.predict(thicken(x[:1000]) / 127.5 - 1,

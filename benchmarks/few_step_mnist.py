@@ -42,29 +42,11 @@ from keras_diffusion.models import ConsistencyParameterization  # noqa: E402
 from keras_diffusion.models.progressive_distillation import _copy_denoiser  # noqa: E402
 from keras_diffusion.utils.images import save_image_grid  # noqa: E402
 from mnist import TimeBudget  # noqa: E402
-from mnist import classifier  # noqa: E402
 from mnist import frechet_distance  # noqa: E402
 from mnist import load_digits  # noqa: E402
+from mnist import trained_judge  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def judge(args, x_held, y_held):
-    if args.judge and os.path.exists(args.judge):
-        clf = keras.models.load_model(args.judge)
-        source = f"loaded from {args.judge}"
-    else:
-        clf, _ = classifier()
-        clf.compile(
-            keras.optimizers.Adam(1e-3),
-            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        clf.fit(x_held / 127.5 - 1, y_held, batch_size=64, epochs=args.classifier_epochs,
-                verbose=0)
-        source = f"trained here ({args.classifier_epochs} epochs on the held-out digits)"
-    features = keras.Model(clf.inputs, clf.get_layer("features").output)
-    return clf, features, source
 
 
 def timed_generate(model, labels, **kwargs):
@@ -78,7 +60,7 @@ def timed_generate(model, labels, **kwargs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--teacher", default=os.path.join(HERE, "results", "mnist.keras"))
-    parser.add_argument("--judge", default="/tmp/s3/judge.keras")
+    parser.add_argument("--judge", default="", help="a saved judge (.keras); default: train it")
     parser.add_argument("--classifier_epochs", type=int, default=60)
     parser.add_argument("--train_minutes", type=float, default=13.0)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -101,7 +83,8 @@ def main():
     x, y = x[order], y[order]
     x_train, y_train = x[:4000], y[:4000]
     x_held, y_held = x[4000:], y[4000:]
-    clf, features, judge_source = judge(args, x_held, y_held)
+    clf, features, judge_source = trained_judge(x_held, y_held, args.judge,
+                                                args.classifier_epochs)
     judge_acc = float(np.mean(np.argmax(clf.predict(x_train / 127.5 - 1, verbose=0), -1)
                               == y_train))
     f_held = features.predict(x_held / 127.5 - 1, verbose=0)

@@ -99,6 +99,25 @@ def classifier():
     return model, keras.Model(inputs, features)
 
 
+def trained_judge(x_held, y_held, path="", epochs=60):
+    """The judge `(classifier, features model, where it came from)`: loaded
+    from `path` (a saved `classifier()`) when given, else trained here on
+    the held-out digits for `epochs` epochs."""
+    if path:
+        clf = keras.models.load_model(path)
+        source = f"loaded from {path}"
+    else:
+        clf, _ = classifier()
+        clf.compile(
+            keras.optimizers.Adam(1e-3),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        clf.fit(x_held / 127.5 - 1, y_held, batch_size=64, epochs=epochs, verbose=0)
+        source = f"trained here (mnist.py classifier(), {epochs} epochs on the held-out digits)"
+    return clf, keras.Model(clf.inputs, clf.get_layer("features").output), source
+
+
 def frechet_distance(a, b):
     from scipy import linalg
 

@@ -78,18 +78,13 @@ def main():
 
     import keras
 
-    from mnist import classifier
     from mnist import load_digits
+    from mnist import trained_judge
 
     x, y = load_digits()
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
-    clf, _ = classifier()
-    clf.compile(keras.optimizers.Adam(1e-3),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
-    clf.fit(x[4000:] / 127.5 - 1, y[4000:], batch_size=64, epochs=args.classifier_epochs,
-            verbose=0)
+    clf, _, _ = trained_judge(x[4000:], y[4000:], epochs=args.classifier_epochs)
     clf_acc = float(clf.evaluate(x[:4000] / 127.5 - 1, y[:4000], verbose=0)[1])
     acc_100, per_100 = judge_accuracy(clf, readme, np.arange(len(readme)) % 10)
     acc_1000, per_1000 = judge_accuracy(clf, more, np.arange(len(more)) % 10)

@@ -20,6 +20,7 @@ from keras_diffusion.models.codecs import PixelCodec
 from keras_diffusion.pipelines import image_to_image
 from keras_diffusion.pipelines.generation_runner import GenerationRunner
 from keras_diffusion.utils.asserts import runtime_check
+from keras_diffusion.utils.fitting import without_shuffle_warning
 from keras_diffusion.utils.tensorflow_ops import ReplicaSeed
 from keras_diffusion.utils.tensorflow_ops import has_accelerator
 from keras_diffusion.utils.tensorflow_ops import string_tensor
@@ -568,11 +569,7 @@ class DiffusionModel(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         x = self._prepare_fit(x, y)
-        if len(args) < 7 and not isinstance(x, (np.ndarray, dict, list, tuple)) and not hasattr(
-            x, "shape"
-        ):
-            # Datasets and generators come shuffled: no warning for Keras' default.
-            kwargs.setdefault("shuffle", False)
+        kwargs = without_shuffle_warning(x, args, kwargs)
         history = super().fit(x, y, *args, **kwargs)
         self._unalias_ema_weights()
         return history

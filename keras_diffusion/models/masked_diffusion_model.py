@@ -15,6 +15,7 @@ from keras_diffusion.samplers.masked_diffusion_sampler import MaskedDiffusionSam
 from keras_diffusion.samplers.masked_diffusion_sampler import uniform_noise
 from keras_diffusion.samplers.uniform_diffusion_sampler import UniformDiffusionSampler
 from keras_diffusion.schedules.masking_schedule import MaskingSchedule
+from keras_diffusion.utils.fitting import without_shuffle_warning
 from keras_diffusion.utils.tensorflow_ops import has_accelerator
 
 PAD_ID = 0
@@ -423,9 +424,7 @@ class MaskedDiffusionLM(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         x = self._prepare(x)
-        if hasattr(x, "element_spec"):
-            kwargs.setdefault("shuffle", False)
-        return super().fit(x, None, *args, **kwargs)
+        return super().fit(x, None, *args, **without_shuffle_warning(x, args, kwargs))
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         return super().evaluate(self._prepare(x), None, *args, **kwargs)

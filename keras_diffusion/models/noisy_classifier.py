@@ -9,6 +9,7 @@ from keras_diffusion.layers import Downsample
 from keras_diffusion.layers import GroupNormalization
 from keras_diffusion.layers import ResnetBlock
 from keras_diffusion.layers import TimestepEmbedding
+from keras_diffusion.utils.fitting import without_shuffle_warning
 from keras_diffusion.utils.tensorflow_ops import has_accelerator
 
 
@@ -145,6 +146,9 @@ class NoisyClassifier(keras.Model):
             jit_compile = True if keras.backend.backend() == "jax" else has_accelerator()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         jit_compile=jit_compile, **kwargs)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        return super().fit(x, y, *args, **without_shuffle_warning(x, args, kwargs))
 
     def build(self, input_shape):
         shape = input_shape["x_t"] if isinstance(input_shape, dict) else input_shape

@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from keras_diffusion.layers import GroupNormalization
+from keras_diffusion.utils.fitting import without_shuffle_warning
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -501,6 +502,9 @@ class VAE(keras.Model):
         self.reconstruction_tracker.update_state(rec)
         self.kl_tracker.update_state(kl)
         return {m.name: m.result() for m in self.metrics}
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        return super().fit(x, y, *args, **without_shuffle_warning(x, args, kwargs))
 
     def train_step(self, data):
         """One optimisation step (TensorFlow backend)."""

@@ -1,5 +1,7 @@
 """VAE: shapes, config/saving round-trips, posterior, fit, scaling factor."""
 
+import warnings
+
 import numpy as np
 import pytest
 from keras import ops
@@ -112,7 +114,11 @@ class VAETrainingTest(TestCase):
         # (images, labels) tuples and {"images": ...} dicts are accepted.
         ds = tf.data.Dataset.from_tensor_slices((x, np.arange(4))).batch(4).repeat(2)
         vae.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=False)
-        history = vae.fit(ds, epochs=4, verbose=0).history
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = vae.fit(ds, epochs=4, verbose=0).history
+        # A dataset comes shuffled: no warning about Keras' default shuffle=True.
+        self.assertEqual([str(w.message) for w in caught if "shuffle" in str(w.message)], [])
         self.assertEqual(set(history), {"loss", "reconstruction_loss", "kl_loss"})
         self.assertLess(history["loss"][-1], history["loss"][0])
         ds = tf.data.Dataset.from_tensor_slices({"images": x}).batch(4)
