@@ -10,6 +10,7 @@ own step math (`Sampler.ddim_step`, `euler_sampler.flow`).
 
 import numbers
 
+import keras
 from keras import ops
 
 from keras_diffusion import objectives
@@ -214,3 +215,34 @@ def pseudo_huber(a, b, c):
 def mean_squared(a, b):
     diff = ops.reshape(a - b, (ops.shape(a)[0], -1))
     return ops.mean(ops.square(diff), axis=1)
+
+
+def build_copy(copy, teacher, **extra_inputs):
+    """Builds `copy`, a denoiser shaped like the teacher's, by calling it
+    once on zeros of the teacher's shapes (with `extra_inputs`)."""
+    copy({
+        "x_t": ops.zeros((1,) + tuple(teacher.image_shape), "float32"),
+        "t": ops.full((1,), 0.5, "float32"),
+        **extra_inputs,
+        **teacher._null_condition(1),
+    })
+    return copy
+
+
+def copy_denoiser(teacher):
+    """A copy of the teacher's denoiser holding its (EMA) weights."""
+    teacher._ensure_built()
+    network = teacher.denoiser
+    copy = build_copy(
+        keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(network)),
+        teacher,
+    )
+    values = teacher.weight_values()[: len(network.variables)]
+    if len(copy.variables) != len(values):
+        raise ValueError(
+            f"Could not copy the teacher's denoiser {type(network).__name__}: its copy has "
+            f"{len(copy.variables)} weights, the teacher {len(values)}"
+        )
+    for variable, value in zip(copy.variables, values):
+        variable.assign(value)
+    return copy

@@ -7,6 +7,8 @@ from keras import ops
 
 from keras_diffusion.models.consistency_model import ConsistencyModel
 from keras_diffusion.models.consistency_parameterization import ConsistencyParameterization
+from keras_diffusion.models.distillation import build_copy
+from keras_diffusion.models.distillation import copy_denoiser
 from keras_diffusion.models.latent_diffusion_model import LatentDiffusionModel
 from keras_diffusion.samplers.spacing import start_time
 
@@ -127,8 +129,6 @@ class LatentConsistencyModel(ConsistencyModel, LatentDiffusionModel):
                 "attention".
             **kwargs: constructor arguments (`guidance_range`, ...).
         """
-        from keras_diffusion.models.progressive_distillation import _copy_denoiser
-
         if not isinstance(teacher, LatentDiffusionModel):
             raise ValueError(
                 "`teacher` must be a trained LatentDiffusionModel, received teacher of type "
@@ -139,7 +139,7 @@ class LatentConsistencyModel(ConsistencyModel, LatentDiffusionModel):
                 "LCM-LoRA trains only LoRA weights, which would leave a guidance embedding "
                 f"untrained: pass guidance_embedding=False with lora_rank={lora_rank}"
             )
-        network = _copy_denoiser(teacher)
+        network = copy_denoiser(teacher)
         if guidance_embedding:
             network = _with_guidance_embedding(network, teacher)
         if lora_rank is not None:
@@ -242,13 +242,8 @@ def _with_guidance_embedding(network, teacher):
             f"The teacher's {type(network).__name__} has no guidance embedding option "
             "(UNet has one): pass guidance_embedding=False"
         )
-    copy = type(network).from_config({**config, "guidance_embedding": True})
-    copy({
-        "x_t": ops.zeros((1,) + tuple(teacher.image_shape), "float32"),
-        "t": ops.full((1,), 0.5, "float32"),
-        GUIDANCE_KEY: ops.ones((1,), "float32"),
-        **teacher._null_condition(1),
-    })
+    copy = build_copy(type(network).from_config({**config, "guidance_embedding": True}),
+                      teacher, **{GUIDANCE_KEY: ops.ones((1,), "float32")})
     source = {_local_path(v): v for v in network.variables}
     for v in copy.variables:
         match = source.get(_local_path(v))

@@ -7,6 +7,7 @@ from keras_diffusion import objectives
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.distillation import Teacher
 from keras_diffusion.models.distillation import Untracked
+from keras_diffusion.models.distillation import copy_denoiser
 from keras_diffusion.models.distillation import ode_step
 from keras_diffusion.samplers.spacing import start_time
 from keras_diffusion.schedules.schedule import broadcast_like
@@ -87,7 +88,7 @@ class ProgressiveDistillationModel(DiffusionModel):
                         f"prediction={teacher.prediction!r} (pass `denoiser=` for a fresh "
                         "student)"
                     )
-                denoiser = _copy_denoiser(teacher)
+                denoiser = copy_denoiser(teacher)
         for key in ("weighting", "time_distribution"):
             kwargs.pop(key, None)
         super().__init__(denoiser=denoiser, schedule=schedule, prediction=prediction,
@@ -231,26 +232,3 @@ def distillation_target(x_t, x_end, t, t_end, schedule):
     ratio = broadcast_like(sigma_e / sigma_t, x_t)
     return (x_end - ratio * x_t) / (broadcast_like(alpha_e, x_t)
                                     - ratio * broadcast_like(alpha_t, x_t))
-
-
-def _copy_denoiser(teacher):
-    """A copy of the teacher's denoiser holding its (EMA) weights."""
-    teacher._ensure_built()
-    network = teacher.denoiser
-    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(network))
-    copy(
-        {
-            "x_t": ops.zeros((1,) + tuple(teacher.image_shape), "float32"),
-            "t": ops.full((1,), 0.5, "float32"),
-            **teacher._null_condition(1),
-        }
-    )
-    values = teacher.weight_values()[: len(network.variables)]
-    if len(copy.variables) != len(values):
-        raise ValueError(
-            f"Could not copy the teacher's denoiser {type(network).__name__}: its copy has "
-            f"{len(copy.variables)} weights, the teacher {len(values)}"
-        )
-    for variable, value in zip(copy.variables, values):
-        variable.assign(value)
-    return copy
