@@ -17,6 +17,11 @@ def uniform_noise(shape, seed, stream):
     return ops.clip(u, 1e-7, 1.0 - 1e-7)
 
 
+def gumbel_noise(shape, seed, stream):
+    """Gumbel(0, 1) noise from `uniform_noise`: argmax(log p + g) draws from p."""
+    return -ops.log(-ops.log(uniform_noise(shape, seed, stream)))
+
+
 @register
 class MaskedDiffusionSampler:
     """Ancestral sampler of masked diffusion with the SUBS denoiser.
@@ -85,8 +90,7 @@ class MaskedDiffusionSampler:
         log_probs = self._top_k(log_probs)
         if self.temperature == 0.0:
             return ops.argmax(log_probs, axis=-1)
-        u = uniform_noise(ops.shape(log_probs), seed, 2 * step)
-        gumbel = -ops.log(-ops.log(u))
+        gumbel = gumbel_noise(ops.shape(log_probs), seed, 2 * step)
         return ops.argmax(log_probs / self.temperature + gumbel, axis=-1)
 
     def sample(self, network, tokens, *, schedule, mask_id, num_steps, seed=0,

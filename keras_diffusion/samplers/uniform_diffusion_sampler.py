@@ -4,6 +4,7 @@ from keras import ops
 
 from keras_diffusion.objectives import uniform_posterior_log_probs
 from keras_diffusion.samplers.masked_diffusion_sampler import MaskedDiffusionSampler
+from keras_diffusion.samplers.masked_diffusion_sampler import gumbel_noise
 from keras_diffusion.samplers.masked_diffusion_sampler import uniform_noise
 from keras_diffusion.schedules.schedule import register
 
@@ -95,7 +96,7 @@ class UniformDiffusionSampler(MaskedDiffusionSampler):
             s = 1.0 - ops.cast(i + 1, "float32") / k_steps
             log_x0 = self._denoiser(network(z, ops.full((shape[0],), t, "float32")))
             log_zs = uniform_posterior_log_probs(log_x0, z, t, s, schedule)
-            gumbel = -ops.log(-ops.log(uniform_noise(ops.shape(log_zs), seed, i + 1)))
+            gumbel = gumbel_noise(ops.shape(log_zs), seed, i + 1)
             new = ops.cast(ops.argmax(log_zs + gumbel, axis=-1), "int32")
             return ops.where(given, z, new)
 
