@@ -216,7 +216,7 @@ class MaskedDiffusionLM(keras.Model):
         if self.vectorizer is not None:
             self.vectorizer.set_vocabulary(vocabulary[2:])
         self.denoiser = TokenTransformer(
-            vocabulary_size=len(vocabulary) + (1 if self.process == "masked" else 0),
+            vocabulary_size=self.num_logits,
             max_length=self.sequence_length,
             hidden_dim=self.hidden_dim,
             num_layers=self.num_layers,
