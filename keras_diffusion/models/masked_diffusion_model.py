@@ -597,7 +597,7 @@ class MaskedDiffusionLM(keras.Model):
                                                self.sequence_length, num_steps)
             done, block = int(done), block + 1
             self.last_num_calls += int(calls)
-        tokens = np.asarray(ops.convert_to_numpy(tokens))
+        tokens = ops.convert_to_numpy(tokens)
         return tokens if return_tokens else self.detokenize(tokens)
 
     def infill(self, texts, mask_character="_", num_steps=None, seed=None, temperature=1.0,
