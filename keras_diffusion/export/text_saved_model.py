@@ -1,8 +1,10 @@
 """Export a masked diffusion language model as a SavedModel (TensorFlow only).
 
 The whole generation runs in the graph: the prefix's characters looked up
-in the vocabulary, the sampler loop (one `tf.while_loop`, with MDLM's
-caching as a `tf.cond`), the seeded draws of `keras_diffusion.random` and
+in the vocabulary, the semi-autoregressive blocks of texts longer than the
+context (a `tf.while_loop` of `samplers.semi_autoregressive.sample_block`),
+the sampler loop in each (one `tf.while_loop`, with MDLM's caching as a
+`tf.cond`), the seeded draws of `keras_diffusion.random` and
 the decode to strings. Serving needs TensorFlow only.
 """
 
@@ -15,7 +17,7 @@ from keras_diffusion.export.saved_model import DEFAULT_MAX_NUM_STEPS
 from keras_diffusion.export.saved_model import _assert
 from keras_diffusion.export.saved_model import check_bounds
 from keras_diffusion.export.saved_model import write_archive
-from keras_diffusion.random import sampler_seed
+from keras_diffusion.samplers.semi_autoregressive import sample_block
 
 TEXT_SIGNATURES = ("serving_default", "generate_text", "generate_text_with_prefix")
 
@@ -28,6 +30,7 @@ def export_text_saved_model(
     top_k=None,
     max_batch_size=DEFAULT_MAX_BATCH_SIZE,
     max_num_steps=DEFAULT_MAX_NUM_STEPS,
+    max_length=None,
     verbose=False,
 ):
     """Writes a SavedModel of a text diffusion model that TF Serving runs.
@@ -36,8 +39,11 @@ def export_text_saved_model(
 
     - `generate_text` (also `serving_default`): `seed` int64 scalar in
       [0, 2**31), `batch_size` int32 scalar in [1, max_batch_size],
-      `length` int32 scalar in [1, sequence_length], `num_steps` int32
-      scalar in [1, max_num_steps] -> `text` string `(B,)`.
+      `length` int32 scalar in [1, max_length], `num_steps` int32 scalar
+      in [1, max_num_steps] (per block) -> `text` string `(B,)`. Texts
+      longer than the model's `sequence_length` are generated in
+      semi-autoregressive blocks (a `tf.while_loop`), as `model.generate`
+      makes them.
     - `generate_text_with_prefix`: the same and `prefix`, a string scalar
       (every text starts with it; at most `length` characters; characters
       outside the vocabulary become '[UNK]').
@@ -55,6 +61,8 @@ def export_text_saved_model(
         temperature, top_k: the sampler's options (0: greedy).
         max_batch_size: the largest `batch_size` a request may ask for.
         max_num_steps: the largest `num_steps` a request may ask for.
+        max_length: the longest `length` a request may ask for (None: the
+            model's `sequence_length`).
         verbose: print the endpoints written.
 
     Returns:
@@ -78,14 +86,20 @@ def export_text_saved_model(
             f"text_export_spec(), such as MaskedDiffusionLM), received {type(model).__name__}"
         )
     check_bounds(max_batch_size, max_num_steps)
+    spec = model.text_export_spec()
+    if max_length is None:
+        max_length = spec["sequence_length"]
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(
+            f"`max_length` must be None or an int >= 1, received max_length={max_length!r}"
+        )
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(
             f"The export path {path!r} already exists; pass overwrite=True to replace it."
         )
-    spec = model.text_export_spec()
     sampler = spec["sampler"](temperature, top_k)
-    endpoints = _TextEndpoints(spec, sampler, max_batch_size, max_num_steps)
+    endpoints = _TextEndpoints(spec, sampler, max_batch_size, max_num_steps, max_length)
     return write_archive(
         path, lambda: [*spec["layers"], endpoints.table], endpoints, verbose=verbose
     )
@@ -94,7 +108,7 @@ def export_text_saved_model(
 class _TextEndpoints:
     """The signatures' functions and input specs."""
 
-    def __init__(self, spec, sampler, max_batch_size, max_num_steps):
+    def __init__(self, spec, sampler, max_batch_size, max_num_steps, max_length):
         self.spec = spec
         self.sampler = sampler
         self.max_batch_size = int(max_batch_size)
@@ -102,6 +116,7 @@ class _TextEndpoints:
         self.vocabulary = list(spec["vocabulary"])
         self.mask_id = int(spec["mask_id"])
         self.sequence_length = int(spec["sequence_length"])
+        self.max_length = int(max_length)
         self._shared_sample = None
         import tensorflow as tf
 
@@ -121,7 +136,7 @@ class _TextEndpoints:
             import tensorflow as tf
 
             def sample(tokens, seed, num_steps):
-                return self.spec["sample_tokens"](tokens, seed, num_steps, self.sampler)[0]
+                return self.spec["sample_tokens"](tokens, seed, num_steps, self.sampler)
 
             self._shared_sample = tf.function(sample, autograph=False, reduce_retracing=True)
         return self._shared_sample
@@ -162,6 +177,7 @@ class _TextEndpoints:
             },
             "sampler": {"class": type(self.sampler).__name__, **self.sampler.get_config()},
             "sequence_length": self.sequence_length,
+            "max_length": self.max_length,
             "vocabulary_size": len(self.vocabulary),
             "max_batch_size": self.max_batch_size,
             "max_num_steps": self.max_num_steps,
@@ -179,9 +195,9 @@ class _TextEndpoints:
             _assert(tf.logical_and(batch_size >= 1, batch_size <= self.max_batch_size),
                     [f"`batch_size` must be in [1, {self.max_batch_size}] (max_batch_size of "
                      "this export), received batch_size =", batch_size]),
-            _assert(tf.logical_and(length >= 1, length <= self.sequence_length),
-                    [f"`length` must be in [1, {self.sequence_length}] (the model's "
-                     "sequence_length), received length =", length]),
+            _assert(tf.logical_and(length >= 1, length <= self.max_length),
+                    [f"`length` must be in [1, {self.max_length}] (max_length of this "
+                     "export), received length =", length]),
             _assert(tf.logical_and(num_steps >= 1, num_steps <= self.max_num_steps),
                     [f"`num_steps` must be in [1, {self.max_num_steps}] (max_num_steps of "
                      "this export), received num_steps =", num_steps]),
@@ -198,7 +214,14 @@ class _TextEndpoints:
         masks = tf.fill([length - num_known], self.mask_id)
         row = tf.concat([known, masks], axis=0)
         tokens = tf.tile(row[None, :], [batch_size, 1])
-        out = self._sample_fn()(tokens, sampler_seed(seed, 0), num_steps)
+
+        def block(tokens, done, index):
+            tokens, done, _ = sample_block(self._sample_fn(), tokens, done, index, seed,
+                                           self.sequence_length, num_steps)
+            return tokens, done, index + 1
+
+        out = tf.while_loop(lambda tokens, done, index: done < length, block,
+                            (tokens, num_known, tf.constant(0, tf.int64)))[0]
         table = tf.constant(self.vocabulary + [""], tf.string)
         text = tf.strings.reduce_join(tf.gather(table, out), axis=-1)
         return {"text": text}

@@ -13,6 +13,7 @@ from keras_diffusion.models import train_steps
 from keras_diffusion.models.token_transformer import TokenTransformer
 from keras_diffusion.samplers.masked_diffusion_sampler import MaskedDiffusionSampler
 from keras_diffusion.samplers.masked_diffusion_sampler import uniform_noise
+from keras_diffusion.samplers.semi_autoregressive import sample_block
 from keras_diffusion.samplers.uniform_diffusion_sampler import UniformDiffusionSampler
 from keras_diffusion.schedules.masking_schedule import MaskingSchedule
 from keras_diffusion.utils.fitting import without_shuffle_warning
@@ -586,36 +587,18 @@ class MaskedDiffusionLM(keras.Model):
                     f"length={length}"
                 )
             known = self._encode_known(prefix, "prefix")
-        sampler = self.sampler(temperature, top_k)
-        tokens = np.tile(np.asarray(known, "int32")[None, :], (batch_size, 1))
-        tokens = self._blocks(tokens, length, num_steps, seed, sampler)
-        return tokens if return_tokens else self.detokenize(tokens)
-
-    def _blocks(self, tokens, length, num_steps, seed, sampler):
-        """Semi-autoregressive generation up to `length` tokens."""
-        window = self.sequence_length
-        fn = self._compiled_sampler(sampler)
+        fn = self._compiled_sampler(self.sampler(temperature, top_k))
+        row = np.concatenate([known, np.full(length - len(known), self.mask_id)])
+        tokens = ops.convert_to_tensor(np.tile(row.astype("int32")[None, :], (batch_size, 1)))
+        done, block = len(known), 0
         self.last_num_calls = 0
-        for block in itertools.count():
-            done = tokens.shape[1]
-            if done >= length:
-                return tokens[:, :length]
-            if block == 0 and done < window:
-                context = done
-            else:
-                context = min(done, window // 2)
-            new = min(length - done, window - context)
-            z = np.concatenate(
-                [tokens[:, done - context:],
-                 np.full((tokens.shape[0], new), self.mask_id, "int32")], axis=1
-            )
-            steps = num_steps or new
-            out, calls = fn(
-                ops.convert_to_tensor(z), ops.convert_to_tensor(
-                    random_lib.sampler_seed(seed, block)), ops.convert_to_tensor(steps, "int32")
-            )
+        while done < length:  # Semi-autoregressive blocks (one if length <= the context).
+            tokens, done, calls = sample_block(fn, tokens, done, block, seed,
+                                               self.sequence_length, num_steps)
+            done, block = int(done), block + 1
             self.last_num_calls += int(calls)
-            tokens = np.concatenate([tokens, np.asarray(out)[:, context:]], axis=1)
+        tokens = ops.convert_to_numpy(tokens)
+        return tokens if return_tokens else self.detokenize(tokens)
 
     def infill(self, texts, mask_character="_", num_steps=None, seed=None, temperature=1.0,
                top_k=None):

@@ -118,18 +118,36 @@ class MaskedDiffusionLMTest(TestCase):
             fresh.generate(1)
 
     def test_save_load_in_a_fresh_process_and_export(self):
+        import tensorflow as tf
+
+        from keras_diffusion.export import export_text_saved_model
+
         model = self.model
         path = os.path.join(self.get_temp_dir(), "mdlm.keras")
         model.save(path)
+        # The export makes texts longer than the context (12) in blocks, as
+        # generate does: 30 characters are 3 blocks, with a prefix too.
+        export_path = os.path.join(self.get_temp_dir(), "text_export")
+        export_text_saved_model(model, export_path, max_batch_size=4, max_num_steps=8,
+                                max_length=30)
         expected = model.generate(2, length=9, num_steps=5, seed=3, prefix="th")
+        long = model.generate(2, length=30, num_steps=5, seed=3, prefix="th")
+        long_plain = model.generate(2, length=30, num_steps=5, seed=3)
         bpc = model.evaluate(_dataset(TEXTS[:4]), return_dict=True, verbose=0)["bpc"]
         code = textwrap.dedent(
             f"""
             import keras
+            import tensorflow as tf
             import keras_diffusion
             model = keras.models.load_model({path!r})
             out = model.generate(2, length=9, num_steps=5, seed=3, prefix="th")
             assert out == {expected!r}, out
+            served = tf.saved_model.load({export_path!r})
+            text = served.signatures["generate_text_with_prefix"](
+                seed=tf.constant(3, tf.int64), batch_size=tf.constant(2),
+                length=tf.constant(30), num_steps=tf.constant(5), prefix=tf.constant("th"))
+            text = [t.decode() for t in text["text"].numpy()]
+            assert text == {long!r}, text
             print("ok", type(model).__name__)
             """
         )
@@ -141,12 +159,6 @@ class MaskedDiffusionLMTest(TestCase):
         revived_bpc = revived.evaluate(_dataset(TEXTS[:4]), return_dict=True, verbose=0)["bpc"]
         self.assertAllClose(revived_bpc, bpc, rtol=1e-6)
 
-        import tensorflow as tf
-
-        from keras_diffusion.export import export_text_saved_model
-
-        export_path = os.path.join(self.get_temp_dir(), "text_export")
-        export_text_saved_model(model, export_path, max_batch_size=4, max_num_steps=8)
         served = tf.saved_model.load(export_path)
         self.assertEqual(set(served.signatures),
                          {"serving_default", "generate_text", "generate_text_with_prefix"})
@@ -157,16 +169,26 @@ class MaskedDiffusionLMTest(TestCase):
         plain = served.signatures["generate_text"](**args)["text"].numpy()
         self.assertEqual([t.decode() for t in plain],
                          model.generate(2, length=9, num_steps=5, seed=3))
-        for key, value, name in (("length", 13, "length"), ("num_steps", 0, "num_steps"),
-                                 ("batch_size", 5, "batch_size")):
+        long_served = served.signatures["generate_text"](**{**args, "length": tf.constant(30)})
+        self.assertEqual([t.decode() for t in long_served["text"].numpy()], long_plain)
+        # A prefix longer than the context: its last half is the first block's.
+        over = served.signatures["generate_text_with_prefix"](
+            **{**args, "length": tf.constant(30)}, prefix=tf.constant(TEXTS[0][:14]))
+        self.assertEqual([t.decode() for t in over["text"].numpy()],
+                         model.generate(2, length=30, num_steps=5, seed=3, prefix=TEXTS[0][:14]))
+        for key, value, name in (("length", 31, "length"), ("length", 0, "length"),
+                                 ("num_steps", 0, "num_steps"), ("batch_size", 5, "batch_size")):
             bad = {**args, key: tf.constant(value)}
-            with self.assertRaisesRegex(tf.errors.InvalidArgumentError, f"`{name}` must be"):
+            with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                        rf"`{name}` must be.*received {name} =\] \[{value}\]"):
                 served.signatures["generate_text"](**bad)
         with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "`prefix` is longer"):
             served.signatures["generate_text_with_prefix"](
                 **{**args, "length": tf.constant(1)}, prefix=tf.constant("th"))
         with self.assertRaisesWithArgument(FileExistsError, "already exists"):
             export_text_saved_model(model, export_path)
+        with self.assertRaisesWithArgument(ValueError, "max_length", "0"):
+            export_text_saved_model(model, export_path, overwrite=True, max_length=0)
 
 
 @pytest.mark.jax
