@@ -187,7 +187,8 @@ class GenerationRunner:
 
     def _classifier_model_fn(self, condition, guidance_scale, classifier, labels, scale):
         """The classifier-guided model function (inside `_with_values`)."""
-        if isinstance(guidance_scale, (int, float)) and guidance_scale == 0:
+        if (self.guidance_input is None and isinstance(guidance_scale, (int, float))
+                and guidance_scale == 0):
             # The unconditional model in one call: uncond + 0 * (cond - uncond).
             condition = {k: v for k, v in condition.items() if k in KEPT_KEYS}
             guidance_scale = 1.0

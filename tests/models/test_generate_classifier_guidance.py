@@ -187,7 +187,7 @@ class GenerateClassifierGuidanceTest(TestCase):
         self.assertAllClose(latents, expected, atol=1e-5)
 
 
-class _VectorClassifier(keras.Model):
+class TinyVectorClassifier(keras.Model):
     """A tiny classifier of 2-D x_t: Dense on (x_t, t)."""
 
     def __init__(self, **kwargs):
@@ -208,7 +208,7 @@ class GenerateClassifierGuidanceCompiledTest(TestCase):
                                num_classes=3)
         model = keras_diffusion.DiffusionModel(denoiser, image_shape=(2,), seed=0)
         model.build(None)
-        classifier = _VectorClassifier()
+        classifier = TinyVectorClassifier()
         sampler = samplers.DDPMSampler()  # Stochastic: the seed matters.
         kwargs = dict(labels=LABELS, classifier=classifier, classifier_scale=5.0,
                       guidance_scale=2.0, sampler=sampler, num_steps=2, seed=0, verbose=0)
