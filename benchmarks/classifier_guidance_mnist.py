@@ -14,10 +14,11 @@ the same initial noise and the EMA weights, each configuration draws
 `--per_class` samples of each digit:
 
 - unguided: the unconditional model alone (labels requested but not used);
-- classifier guidance at several scales s:
-  `guidance.classifier_guidance(uncond_fn, classifier, labels, s)`;
+- classifier guidance at several scales s: `base.generate(labels=...,
+  classifier=noisy, classifier_scale=s, guidance_scale=0)` (guidance_scale=0:
+  the null-label, unconditional model, one network call per step);
 - classifier-free guidance at several scales w (w = 1: the conditional
-  model), through the model's own `runner.model_fn`.
+  model): `base.generate(labels=..., guidance_scale=w)`.
 
 Reported per configuration: judge accuracy on the requested labels (overall
 and per class) and the Frechet distance between the judge's penultimate
@@ -42,9 +43,6 @@ import numpy as np
 import tensorflow as tf
 
 import keras_diffusion
-from keras_diffusion import random as random_lib
-from keras_diffusion import samplers
-from keras_diffusion.guidance import classifier_guidance
 from keras_diffusion.models import NoisyClassifier
 from keras_diffusion.utils.images import save_image_grid
 
@@ -103,7 +101,7 @@ def main():
                              real_features)
 
     base = keras_diffusion.load_model(args.base)
-    schedule, prediction = base.schedule, base.prediction
+    schedule = base.schedule
 
     # --- the noisy classifier ---------------------------------------------
     noisy = NoisyClassifier(num_classes=10, input_channels=1, base_channels=16,
@@ -129,23 +127,21 @@ def main():
     print(f"noisy classifier: {classifier_steps} steps in {classifier_seconds:.0f} s; held-out "
           f"accuracy by t {accuracy_at_t}", flush=True)
 
-    # --- sampling: one compiled loop per kind, scales as tensors -------------
-    sampler = samplers.get("dpm_solver", clip_x0=1.0)  # as generate() for pixel models
-    shape = (args.batch_size,) + tuple(base.image_shape)
-    uncond = base.runner.model_fn({}, 1.0)  # the null label
+    # --- sampling: everything through generate() ---------------------------
+    # The same seed gives every configuration the same initial noise; one
+    # compiled sampler loop per (kind, scale), reused over the batches.
+    common = dict(sampler="dpm_solver", num_steps=args.num_steps, seed=args.seed,
+                  batch_size=args.batch_size, verbose=0)
 
-    @tf.function(reduce_retracing=True)
-    def sample_cg(noise, labels, scale, seed):
-        guided = classifier_guidance(uncond, lambda x_t, t: noisy({"x_t": x_t, "t": t}),
-                                     labels, scale, schedule=schedule, prediction=prediction)
-        return sampler.sample(guided, noise, schedule=schedule, prediction=prediction,
-                              num_steps=args.num_steps, seed=seed)
-
-    @tf.function(reduce_retracing=True)
-    def sample_cfg(noise, labels, scale, seed):
-        guided = base.runner.model_fn({"labels": labels}, scale)
-        return sampler.sample(guided, noise, schedule=schedule, prediction=prediction,
-                              num_steps=args.num_steps, seed=seed)
+    def sample(kind, labels, scale):
+        if kind == "cg" and scale > 0:
+            # guidance_scale=0: the base's unconditional model (the null label,
+            # one network call per step), guided by the noisy classifier.
+            return base.generate(labels=labels, classifier=noisy, classifier_scale=scale,
+                                 guidance_scale=0.0, **common)
+        if kind == "cg":  # Unguided: the unconditional model alone.
+            return base.generate(num_images=len(labels), **common)
+        return base.generate(labels=labels, guidance_scale=scale, **common)
 
     labels = np.repeat(np.arange(10), args.per_class).astype("int32")
     # Interleaved (classifier, classifier-free, ..., unguided last) and
@@ -246,32 +242,23 @@ def main():
             f.write("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)
 
-    with base.ema_weights():
-        for name, kind, scale in configs:
-            start = time.time()
-            fn = sample_cg if kind == "cg" else sample_cfg
-            chunks = []
-            for i in range(0, len(labels), args.batch_size):
-                noise = random_lib.initial_noise(shape, args.seed + i)
-                chunks.append(np.asarray(fn(
-                    noise, tf.constant(labels[i:i + args.batch_size]),
-                    tf.constant(scale, tf.float32),
-                    tf.constant(random_lib.sampler_seed(args.seed, i), tf.int32))))
-            images = np.clip(np.concatenate(chunks), -1, 1)
-            predicted = np.argmax(judge.predict(images, verbose=0), -1)
-            row = {
-                "name": name, "kind": kind, "scale": scale,
-                "judge_accuracy": float(np.mean(predicted == labels)),
-                "judge_accuracy_per_class": [round(float(np.mean(predicted[labels == c] == c)), 3)
-                                             for c in range(10)],
-                "frechet_distance": frechet_distance(features.predict(images, verbose=0),
-                                                     real_features),
-                "seconds": round(time.time() - start, 1),
-            }
-            print(json.dumps(row), flush=True)
-            results.append(row)
-            grids.append(np.concatenate([images[labels == c][:4] for c in range(10)]))
-            write_report()
+    for name, kind, scale in configs:
+        start = time.time()
+        images = sample(kind, labels, scale)
+        predicted = np.argmax(judge.predict(images, verbose=0), -1)
+        row = {
+            "name": name, "kind": kind, "scale": scale,
+            "judge_accuracy": float(np.mean(predicted == labels)),
+            "judge_accuracy_per_class": [round(float(np.mean(predicted[labels == c] == c)), 3)
+                                         for c in range(10)],
+            "frechet_distance": frechet_distance(features.predict(images, verbose=0),
+                                                 real_features),
+            "seconds": round(time.time() - start, 1),
+        }
+        print(json.dumps(row), flush=True)
+        results.append(row)
+        grids.append(np.concatenate([images[labels == c][:4] for c in range(10)]))
+        write_report()
 
 
 if __name__ == "__main__":

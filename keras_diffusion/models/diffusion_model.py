@@ -16,6 +16,7 @@ from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.conditioning import ConditionSpec
 from keras_diffusion.conditioning import parse_batch
 from keras_diffusion.models import train_steps
+from keras_diffusion.models.classifier_options import check_classifier_options
 from keras_diffusion.models.codecs import PixelCodec
 from keras_diffusion.pipelines import image_to_image
 from keras_diffusion.pipelines.generation_runner import GenerationRunner
@@ -975,6 +976,8 @@ class DiffusionModel(keras.Model):
         verbose="auto",
         return_latents=False,
         control=None,
+        classifier=None,
+        classifier_scale=None,
     ):
         """Samples from the model.
 
@@ -1017,10 +1020,34 @@ class DiffusionModel(keras.Model):
             return_latents: also return the sampled latents (latent models).
             control: control images `(N, *control_shape)` (or one for all)
                 of a model with ControlNets (`models.ControlledUNet`).
+            classifier: a noise-conditional classifier for classifier
+                guidance (Dhariwal & Nichol 2021), e.g. a trained
+                `models.NoisyClassifier`: a Keras model called on
+                `{"x_t": x_t, "t": t}` returning logits `(B, num_classes)`,
+                trained on the model's schedule. It must take the sampled
+                shape (a latent model's latents). The model function becomes
+                `guidance.classifier_guidance` around the (classifier-free
+                guided) one, with the gradient of log p(labels | x_t, t)
+                from the backend's autodiff; it works with every sampler.
+                Needs `labels` (in the classifier's classes); they also
+                condition a class-conditional model, so `guidance_scale=0`
+                guides its unconditional model (one network call per step)
+                and `guidance_scale > 1` combines both guidances.
+            classifier_scale: the classifier guidance scale s, finite and
+                >= 0 (default 1.0 with a classifier; 0: no guidance). Only
+                with `classifier`.
 
         Returns:
             A numpy float32 array `(N, *data_shape)` (and the latents with
             `return_latents=True`).
+
+        Example:
+        >>> classifier = keras_diffusion.models.NoisyClassifier(
+        ...     num_classes=10, input_channels=1, schedule=model.schedule)
+        >>> classifier.compile()
+        >>> classifier.fit(images, labels, epochs=5)   # on x_t at random t
+        >>> digits = model.generate(labels=[3] * 8, classifier=classifier,
+        ...                         classifier_scale=4.0, seed=0)
         """
         self._ensure_built()
         sampler, clip, guidance_scale, jit_compile, eager = self._sampling_options(
@@ -1028,6 +1055,12 @@ class DiffusionModel(keras.Model):
             jit_compile,
         )
         num = self.conditions.count(num_images, labels, text, condition, control)
+        guide = check_classifier_options(
+            classifier, classifier_scale, labels, num, self.image_shape, self.schedule,
+            is_latent=self.codec.is_latent,
+        )
+        if classifier is not None and self.num_classes is None:
+            labels = None  # An unconditional model: the labels are the classifier's.
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
             or batch_size <= 0
@@ -1068,11 +1101,15 @@ class DiffusionModel(keras.Model):
         outputs = []
         for index, start in enumerate(chunks):
             stop = min(start + batch_size, num)
+            guided = {} if guide is None else dict(
+                classifier=classifier, classifier_labels=guide[0][start:stop],
+                classifier_scale=guide[1],
+            )
             x = self.runner.generate(
                 values, noise[start:stop], {k: v[start:stop] for k, v in cond.items()},
                 sampler=sampler, timesteps=times, guidance_scale=guidance_scale,
                 seed=random_lib.sampler_seed(seed, index), decode=decode,
-                jit_compile=jit_compile, eager=eager, model_fn_hook=hook,
+                jit_compile=jit_compile, eager=eager, model_fn_hook=hook, **guided,
             )
             outputs.append(np.asarray(ops.convert_to_numpy(x), "float32"))
             if progbar is not None and not eager:

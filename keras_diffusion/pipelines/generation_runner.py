@@ -19,6 +19,14 @@ different weights never see each other's, and the model is never mutated.
 **One compilation per signature.** A function is traced once per (kind,
 sampler, time grid, guidance, condition keys, XLA) and reused: `tf.function`
 on TensorFlow, `jax.jit` on JAX; the seed and the inputs are arguments.
+
+**Classifier guidance.** `generate(..., classifier=...)` wraps the model
+function with `guidance.classifier_guidance`. The classifier is a protocol:
+`classifier({"x_t": x_t, "t": t}, training=False) -> logits` with
+`.variables`, read through the same `StatelessScope` as the network (its
+values and the requested labels are arguments of the compiled function). The
+classifier and its scale join the compile key only when a classifier is
+given: calls without one keep their key and function.
 """
 
 import threading
@@ -29,6 +37,7 @@ from keras import ops
 
 from keras_diffusion.conditioning import KEPT_KEYS
 from keras_diffusion.guidance import classifier_free_guidance
+from keras_diffusion.guidance import classifier_guidance
 from keras_diffusion.pipelines import image_to_image
 
 
@@ -127,13 +136,29 @@ class GenerationRunner:
 
     # --- compiled entry points -------------------------------------------------------
     def generate(self, values, noise, condition, *, sampler, timesteps, guidance_scale,
-                 seed, decode=True, jit_compile=False, eager=False, model_fn_hook=None):
-        """Samples from `noise` with the weights `values`; returns a tensor."""
+                 seed, decode=True, jit_compile=False, eager=False, model_fn_hook=None,
+                 classifier=None, classifier_labels=None, classifier_scale=1.0,
+                 classifier_values=None):
+        """Samples from `noise` with the weights `values`; returns a tensor.
+
+        With `classifier` (see the module docstring), the model function is
+        `guidance.classifier_guidance(model_fn, classifier, classifier_labels,
+        classifier_scale)` around the classifier-free guided one, with the
+        classifier's weights `classifier_values` (default: its own current
+        values). At `guidance_scale=0` the denoiser then runs once per step
+        on the null condition (the unconditional model) instead of the CFG
+        pair. `classifier_scale` is a Python number.
+        """
         times = np.asarray(timesteps, "float32")
 
-        def run(values, noise, condition, seed):
+        def run(values, noise, condition, seed, *guide):
             def body():
-                model_fn = self.model_fn(condition, guidance_scale)
+                if guide:
+                    model_fn = self._classifier_model_fn(
+                        condition, guidance_scale, classifier, guide[1], classifier_scale
+                    )
+                else:
+                    model_fn = self.model_fn(condition, guidance_scale)
                 if model_fn_hook is not None:
                     model_fn = model_fn_hook(model_fn)
                 x = sampler.sample(
@@ -142,12 +167,36 @@ class GenerationRunner:
                 )
                 return self.decode(x) if decode else ops.cast(x, "float32")
 
+            if guide:
+                return self._with_values(values, body, classifier.variables, guide[0])
             return self._with_values(values, body)
 
         key = ("generate", repr(sampler), times.tobytes(), _guidance_key(guidance_scale),
                tuple(sorted(condition)), bool(decode), bool(jit_compile))
+        args = (values, noise, condition, _seed_tensor(seed))
+        if classifier is not None:
+            # Only guided calls extend the key: unguided ones keep theirs.
+            key += (("classifier", id(classifier), len(classifier.variables),
+                     float(classifier_scale)),)
+            if classifier_values is None:
+                classifier_values = [ops.convert_to_tensor(v) for v in classifier.variables]
+            labels = np.asarray(ops.convert_to_numpy(classifier_labels), "int32")
+            args += (list(classifier_values), labels)
         fn = run if eager else self._compiled(key, run, jit_compile)
-        return fn(values, noise, condition, _seed_tensor(seed))
+        return fn(*args)
+
+    def _classifier_model_fn(self, condition, guidance_scale, classifier, labels, scale):
+        """The classifier-guided model function (inside `_with_values`)."""
+        if (self.guidance_input is None and isinstance(guidance_scale, (int, float))
+                and guidance_scale == 0):
+            # The unconditional model in one call: uncond + 0 * (cond - uncond).
+            condition = {k: v for k, v in condition.items() if k in KEPT_KEYS}
+            guidance_scale = 1.0
+        return classifier_guidance(
+            self.model_fn(condition, guidance_scale),
+            lambda x_t, t: classifier({"x_t": x_t, "t": t}, training=False),
+            labels, float(scale), schedule=self.schedule, prediction=self.prediction,
+        )
 
     def edit(self, values, x, noise, mask, condition, *, sampler, timesteps, guidance_scale,
              seed, renoise="fresh", decode=True, jit_compile=False, eager=False):
@@ -180,14 +229,25 @@ class GenerationRunner:
         return self._with_values(values, lambda: fn(*args))
 
     # --- internals -------------------------------------------------------------
-    def _with_values(self, values, body):
-        if values is None:
+    def _with_values(self, values, body, extra_variables=(), extra_values=()):
+        """Runs `body` with `values` for `self.variables` (and `extra_values`
+        for `extra_variables`, e.g. a guidance classifier's)."""
+        extra_variables, extra_values = list(extra_variables), list(extra_values)
+        if values is None and not extra_variables:
             return body()
-        if len(values) != len(self.variables):
+        if len(extra_values) != len(extra_variables):
             raise ValueError(
-                f"Expected {len(self.variables)} weight values, received {len(values)}"
+                f"Expected {len(extra_variables)} classifier weight values, received "
+                f"{len(extra_values)}"
             )
-        with keras.StatelessScope(state_mapping=list(zip(self.variables, values))):
+        mapping = list(zip(extra_variables, extra_values))
+        if values is not None:
+            if len(values) != len(self.variables):
+                raise ValueError(
+                    f"Expected {len(self.variables)} weight values, received {len(values)}"
+                )
+            mapping = list(zip(self.variables, values)) + mapping
+        with keras.StatelessScope(state_mapping=mapping):
             return body()
 
     def _compiled(self, key, fn, jit_compile):
