@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras_diffusion  # noqa: E402
 from keras_diffusion.models import ConsistencyModel  # noqa: E402
 from keras_diffusion.models import ConsistencyParameterization  # noqa: E402
-from keras_diffusion.models.progressive_distillation import _copy_denoiser  # noqa: E402
+from keras_diffusion.models.distillation import copy_denoiser  # noqa: E402
 from keras_diffusion.utils.images import save_image_grid  # noqa: E402
 from mnist import TimeBudget  # noqa: E402
 from mnist import frechet_distance  # noqa: E402
@@ -115,7 +115,7 @@ def main():
         score("teacher dpm_solver", steps, samples, rate, f"guidance {args.guidance}")
 
     network = ConsistencyParameterization(
-        _copy_denoiser(teacher), teacher.schedule, 0.5, network_prediction=teacher.prediction
+        copy_denoiser(teacher), teacher.schedule, 0.5, network_prediction=teacher.prediction
     )
     student = ConsistencyModel(
         network, schedule=teacher.schedule, teacher=teacher, solver=args.solver,
