@@ -62,6 +62,7 @@ import keras_diffusion  # noqa: E402
 from mnist import frechet_distance  # noqa: E402
 from mnist import load_digits  # noqa: E402
 from mnist import trained_judge  # noqa: E402
+from environment import machine  # noqa: E402
 from sampler_nfe import sampler_table  # noqa: E402
 from sampler_nfe import spacings_for  # noqa: E402
 from sampler_nfe import steps_for  # noqa: E402
@@ -242,12 +243,7 @@ def metadata(args, judge_source, fd_floor, num, begin, load_before):
         "command": "python benchmarks/sampler_mnist.py " + " ".join(sys.argv[1:]),
         "total_seconds": round(time.time() - begin),
         "load_average_before_after": [load_before, os.getloadavg()[0]],
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "devices": [d.device_type for d in tf.config.list_physical_devices()],
-        },
+        "machine": machine(),
         "versions": {
             "python": platform.python_version(), "tensorflow": tf.__version__,
             "keras": keras.__version__, "numpy": np.__version__,

@@ -33,8 +33,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
+from environment import machine  # noqa: E402
 
 from keras_diffusion import samplers  # noqa: E402
 from keras_diffusion import schedules  # noqa: E402
@@ -228,12 +230,7 @@ def main():
     meta = {
         "command": "python " + " ".join(sys.argv),
         "wall_s": round(time.time() - start_all),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "devices": [d.device_type for d in tf.config.list_physical_devices()],
-        },
+        "machine": machine(),
         "versions": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,

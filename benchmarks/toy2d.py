@@ -36,8 +36,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
+from environment import machine  # noqa: E402
 
 from keras_diffusion.models import DiffusionModel  # noqa: E402
 from keras_diffusion.models import MLPDenoiser  # noqa: E402
@@ -117,12 +119,7 @@ def meta(args):
 
     return {
         "command": "nice -n 10 python benchmarks/toy2d.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "devices": [d.device_type for d in tf.config.list_physical_devices()],
-        },
+        "machine": machine(),
         "versions": {
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
