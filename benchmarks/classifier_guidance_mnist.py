@@ -28,7 +28,7 @@ The comparison is classifier guidance vs classifier-free guidance at about
 the same Frechet distance.
 
 Usage:
-    nice -n 19 python benchmarks/classifier_guidance_mnist.py [--classifier_steps 400]
+    python benchmarks/classifier_guidance_mnist.py [--classifier_steps 400]
 """
 
 import argparse
@@ -171,7 +171,7 @@ def main():
                         num_rows=len(configs), scale=2)
         report = {
             "benchmark": "classifier_guidance_mnist",
-            "command": "nice -n 19 python benchmarks/classifier_guidance_mnist.py " + " ".join(
+            "command": "python benchmarks/classifier_guidance_mnist.py " + " ".join(
                 f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "base", "judge")),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
                        "(shared with other jobs)",
