@@ -474,7 +474,7 @@ def main():
     JIT = bool(args.jit)
     keras.utils.set_random_seed(args.seed)
     results = {
-        "command": "nice -n 10 python benchmarks/text_diffusion.py " + " ".join(
+        "command": "python benchmarks/text_diffusion.py " + " ".join(
             f"--{k} {v}" for k, v in vars(args).items() if k != "notes"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
                    "(shared with other jobs)",
