@@ -1074,6 +1074,8 @@ class DiffusionModel(keras.Model):
             ops.convert_to_numpy(sampler.timesteps(self.schedule, num_steps, timesteps, spacing)),
             "float32",
         )
+        if not eager:  # Eager runs reach `sampler.sample` with these concrete times.
+            sampler.check_timesteps(self.schedule, times)
         values = self.weight_values(use_ema)
         cond = self._conditions_for(num, labels, text, condition, values, control)
         noise = np.asarray(

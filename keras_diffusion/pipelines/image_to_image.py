@@ -174,6 +174,8 @@ def strength_timesteps(sampler, schedule, strength, num_steps=None, timesteps=No
         # The adaptive solver's grid is its span [1, t_end]: start at strength.
         end = float(times[-1])
         tail = np.asarray([strength, end] if strength > end else [], "float32")
+    with _eager_scope():
+        sampler.check_timesteps(schedule, tail)
     return tail
 
 

@@ -2,10 +2,12 @@
 
 import math
 
+import numpy as np
 from keras import ops
 
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.sampler import step_noise
+from keras_diffusion.samplers.solver_utils import numpy_coefficients
 from keras_diffusion.samplers.solver_utils import rescaled_sigma
 from keras_diffusion.schedules.schedule import register
 
@@ -34,6 +36,14 @@ class EDMSampler(Sampler):
     `HeunSampler`'s. With S_churn = 0 it is Algorithm 1, Heun's method in
     rho; z is `step_noise(shape, seed, i)`. On the "edm" schedule with the
     "karras" spacing this is EDM's sampler as published.
+
+    The corrector amplifies the error of its second evaluation by
+    (rho_i / rho_{i+1} - 1) / 2 (`correction_gains`): a grid that starts at a
+    sigma / alpha far above its next point (on "cosine": about 190 at the
+    start of the "uniform" grid, 2e4 on "linspace") makes it unstable at any
+    practical N there, and `sample` and `generate` warn above
+    `CORRECTION_GAIN_LIMIT`. `HeunSampler` (Heun in t) is the stable choice
+    on such grids.
 
     Args:
         s_churn: total churn S_churn (0: deterministic).
@@ -83,6 +93,13 @@ class EDMSampler(Sampler):
     def nfe(num_steps):
         """Model evaluations used with `num_steps` timesteps: 2N - 1."""
         return 2 * num_steps - 1
+
+    def correction_gains(self, schedule, times):
+        """(rho_i / rho_{i+1} - 1) / 2 per corrected step (without churn)."""
+        alpha, sigma, _, _ = numpy_coefficients(schedule, times[:-1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = sigma / alpha
+            return 0.5 * (rho[:-1] / rho[1:] - 1.0)
 
     def _churn(self, k, times, num_steps, schedule):
         """(t^, rho^, rho_k) of step k."""

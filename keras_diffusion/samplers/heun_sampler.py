@@ -1,9 +1,11 @@
 """Heun's method (explicit trapezoid) on the probability-flow ODE."""
 
+import numpy as np
 from keras import ops
 
 from keras_diffusion.samplers.euler_sampler import flow
 from keras_diffusion.samplers.sampler import Sampler
+from keras_diffusion.samplers.solver_utils import numpy_coefficients
 from keras_diffusion.schedules.schedule import register
 
 
@@ -24,6 +26,13 @@ class HeunSampler(Sampler):
     The loop runs over the 2N - 1 evaluations, one model call each: even
     iterations are predictors at the grid times, odd ones correctors.
 
+    Few timesteps on a grid that ends near t = 0 ("linspace", "karras",
+    "leading") make the last corrector unstable: it evaluates the model at
+    the Euler predictor, off the data, at a tiny sigma, and the slope there
+    amplifies that evaluation's error by about (t - s) / (2 sigma(s))
+    (`correction_gains`). `sample` and `generate` warn when it exceeds
+    `CORRECTION_GAIN_LIMIT`; "uniform" and "log_snr" stay below it.
+
     Args:
         **kwargs: `clip_x0`, `dynamic_threshold` (see `Sampler`).
 
@@ -43,6 +52,16 @@ class HeunSampler(Sampler):
     def nfe(num_steps):
         """Model evaluations used with `num_steps` timesteps: 2N - 1."""
         return 2 * num_steps - 1
+
+    def correction_gains(self, schedule, times):
+        """0.5 (t - s) |alpha'(s) - sigma'(s) alpha(s) / sigma(s)| / alpha(s).
+
+        Per corrected step t -> s: the trapezoid's sensitivity to the x0 of
+        the evaluation at (x~, s), relative to the exact step's alpha(s).
+        """
+        t, s = times[:-2], times[1:-1]  # The last step, to 0, is not corrected.
+        alpha, sigma, d_alpha, d_sigma = numpy_coefficients(schedule, s)
+        return 0.5 * (t - s) * np.abs(d_alpha - d_sigma * alpha / sigma) / alpha
 
     def _loop(self, denoise, x, times, schedule, seed):
         num_steps = ops.shape(times)[0] - 1

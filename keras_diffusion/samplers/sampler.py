@@ -1,5 +1,7 @@
 """The sampler contract and what every sampler shares."""
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -10,6 +12,11 @@ from keras_diffusion.random import step_noise  # noqa: F401 (re-exported)
 from keras_diffusion.samplers.spacing import make_timesteps
 from keras_diffusion.samplers.spacing import validate_timesteps
 from keras_diffusion.schedules.schedule import broadcast_like
+
+
+# Above this, a corrector step amplifies its second model evaluation's error
+# so much that the samples are far off (benchmarks/results/sampler_mnist.md).
+CORRECTION_GAIN_LIMIT = 10.0
 
 
 class Sampler:
@@ -97,6 +104,12 @@ class Sampler:
         """
         noise, schedule = self._check_inputs(noise, schedule, prediction)
         times = self.timesteps(schedule, num_steps, timesteps, spacing)
+        try:
+            concrete = np.asarray(ops.convert_to_numpy(times), "float64")
+        except (RuntimeError, TypeError):  # Traced (tf.function, jax.jit).
+            concrete = None
+        if concrete is not None:
+            self.check_timesteps(schedule, concrete)
         times = ops.concatenate([times, ops.zeros((1,), "float32")])
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
@@ -114,6 +127,52 @@ class Sampler:
             num_steps = self.default_num_steps
         spacing = spacing or getattr(schedule, "default_spacing", "uniform")
         return make_timesteps(schedule, num_steps, spacing)
+
+    def correction_gains(self, schedule, times):
+        """How much each corrector step amplifies an error (None: no corrector).
+
+        Args:
+            schedule: a `Schedule`.
+            times: numpy float64, the evaluation times followed by 0.
+
+        Returns:
+            None, or one gain per step from `times[k]` to `times[k + 1]`
+            that is corrected: the factor by which the step's result moves
+            per unit of error in the x0 of its second model evaluation,
+            relative to the exact (DDIM) step's own factor alpha(s).
+        """
+        return None
+
+    def check_timesteps(self, schedule, times):
+        """Warns when this grid makes the sampler's corrector unstable.
+
+        Heun's and EDM's corrector evaluates the model at the end of a step
+        at the Euler predictor, off the data; on a coarse grid whose steps
+        end near t = 0 (Heun) or start at a large sigma / alpha (EDM) that
+        evaluation's error is amplified (`correction_gains`). Above
+        `CORRECTION_GAIN_LIMIT` this warns, naming the step.
+
+        Args:
+            schedule: a `Schedule` or a schedule name.
+            times: the evaluation times (`timesteps()`, without the final 0).
+        """
+        schedule = schedules_lib.get(schedule)
+        times = np.append(np.asarray(times, "float64"), 0.0)
+        gains = self.correction_gains(schedule, times)
+        if gains is None:
+            return
+        gains = np.where(np.isfinite(gains), gains, 0.0)
+        if not len(gains) or gains.max() <= CORRECTION_GAIN_LIMIT:
+            return
+        k = int(np.argmax(gains))
+        warnings.warn(
+            f"{type(self).__name__} with {len(times) - 1} timesteps: the corrector of the "
+            f"step from t={times[k]:.4g} to t={times[k + 1]:.4g} amplifies the error of "
+            f"its second model evaluation {gains[k]:.0f}x (above {CORRECTION_GAIN_LIMIT:g}), "
+            "so the samples can be far off. Use more timesteps, another `spacing`, or a "
+            "multistep solver (DPMSolverSampler) at this budget.",
+            stacklevel=3,
+        )
 
     # --- shared pieces -----------------------------------------------------
     @staticmethod

@@ -1,5 +1,6 @@
 """Small pieces shared by the multistep and stochastic samplers."""
 
+import numpy as np
 from keras import ops
 
 
@@ -69,3 +70,10 @@ def rescaled_sigma(schedule, t):
     """sigma(t) / alpha(t), the noise level of x / alpha (EDM's sigma)."""
     alpha, sigma = schedule.alpha_sigma(t)
     return sigma / alpha
+
+
+def numpy_coefficients(schedule, t):
+    """alpha, sigma, alpha', sigma' at the times `t`, as float64 numpy arrays."""
+    t = ops.convert_to_tensor(np.asarray(t, "float32"))
+    values = list(schedule.alpha_sigma(t)) + list(schedule.alpha_sigma_derivatives(t))
+    return [np.asarray(ops.convert_to_numpy(v), "float64") for v in values]
