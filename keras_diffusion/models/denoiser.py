@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_diffusion.layers import TimestepEmbedding
+
 INPUT_KEYS = ("x_t", "t", "labels", "context", "condition", "control", "guidance")
 
 
@@ -31,7 +33,10 @@ class Denoiser(keras.Model):
     `input_channels` (or `data_dim` with `data_rank = 2`) before it is
     called, calls `self._unpack(inputs)` (or `self.check_inputs(inputs)`) at
     the start of `call`, and may override `_divisor()` (the number image
-    sizes must be divisible by) and `_lora_targets`.
+    sizes must be divisible by) and `_lora_targets`. A subclass with a
+    `guidance_embedding` option builds the w embedding with
+    `self._build_guidance_embedding(dim, frequency_dim)` and adds it to its
+    time embedding with `self._add_guidance_embedding(emb, inputs)`.
 
     Example:
     >>> class MyDenoiser(Denoiser):
@@ -221,6 +226,40 @@ class Denoiser(keras.Model):
             raise ValueError(
                 f"`guidance` must have shape (B,), received guidance.shape={_shape(guidance)}"
             )
+
+    # ----- the guidance (w) embedding -----
+    def _build_guidance_embedding(self, dim, frequency_dim):
+        """Builds the embedding of the guidance scale w (iff
+        `guidance_embedding`; LCM, Luo et al. 2023): sinusoids of w (scaled
+        by 1000, as t) and an MLP (`TimestepEmbedding`), then a
+        zero-initialized Dense projection (`guidance_proj`), so that a copy
+        of a trained network with the option turned on starts as that
+        network.
+
+        Args:
+            dim: width of the time embedding the w embedding is added to.
+            frequency_dim: sinusoidal features of w (those of the time
+                embedding).
+        """
+        if not self.guidance_embedding:
+            return
+        policy = self.dtype_policy
+        self.guidance_embed = TimestepEmbedding(
+            dim, frequency_dim=frequency_dim, dtype=policy, name="guidance_embed"
+        )
+        self.guidance_embed.build((None,))
+        self.guidance_proj = keras.layers.Dense(
+            dim, kernel_initializer="zeros", dtype=policy, name="guidance_proj"
+        )
+        self.guidance_proj.build((None, dim))
+
+    def _add_guidance_embedding(self, emb, guidance):
+        """`emb` plus the embedding of w (`guidance`, `(B,)`; the inputs'
+        "guidance") when the network has `guidance_embedding`, else `emb`."""
+        if not self.guidance_embedding or guidance is None:
+            return emb
+        w = ops.cast(ops.reshape(guidance, (-1,)), "float32")
+        return emb + ops.cast(self.guidance_proj(self.guidance_embed(w)), emb.dtype)
 
     def _check_control_shape(self, control, x):
         if not self.control_channels:

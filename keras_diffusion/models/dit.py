@@ -31,6 +31,8 @@ class DiT(Denoiser):
         "context": `(B, L, context_dim)`, required iff `context_dim` is set.
         "condition": `(B, H, W, condition_channels)`, required iff
             `condition_channels > 0` (concatenated on channels).
+        "guidance": `(B,)` guidance scales w, required iff
+            `guidance_embedding` (an LCM student).
     Output: float32 `(B, H, W, input_channels)`, also under mixed precision.
 
     Args:
@@ -44,6 +46,10 @@ class DiT(Denoiser):
         num_classes: number of classes (None: unconditional).
         context_dim: width of the context (None: no cross-attention).
         condition_channels: channels of the image condition (0: none).
+        guidance_embedding: condition on a guidance scale w (LCM, Luo et
+            al. 2023): sinusoids of w (scaled by 1000, as t) and an MLP,
+            through a zero-initialized projection added to the time
+            embedding, so a copy of a trained DiT starts as that DiT.
         learn_sigma: DiT's / improved DDPM's learned variance: the final
             layer predicts `2 * input_channels` channels, the prediction and
             the interpolation `v` of the log-variance between the posterior's
@@ -87,6 +93,7 @@ class DiT(Denoiser):
         lora_rank=None,
         lora_target="attention",
         learn_sigma=False,
+        guidance_embedding=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,6 +108,7 @@ class DiT(Denoiser):
         self.context_dim = None if context_dim is None else int(context_dim)
         self.condition_channels = int(condition_channels or 0)
         self.learn_sigma = bool(learn_sigma)
+        self.guidance_embedding = bool(guidance_embedding)
         self.lora_rank = lora_rank
         self.lora_target = lora_target
         if self.hidden_dim % self.num_heads:
@@ -131,6 +139,7 @@ class DiT(Denoiser):
                 name="label_embed",
             )
             self.label_embed.build((None,))
+        self._build_guidance_embedding(d, self.frequency_dim)
         self.blocks = []
         tok = (b, None, d)
         for i in range(self.depth):
@@ -162,6 +171,7 @@ class DiT(Denoiser):
         c = self.time_embed(t)
         if labels is not None:
             c = c + ops.cast(self.label_embed(labels), c.dtype)
+        c = self._add_guidance_embedding(c, inputs.get("guidance"))
         for block in self.blocks:
             tokens = block([tokens, c, context] if self.context_dim else [tokens, c])
         out = self.final_layer([tokens, c])
@@ -196,6 +206,7 @@ class DiT(Denoiser):
                 "context_dim": self.context_dim,
                 "condition_channels": self.condition_channels,
                 "learn_sigma": self.learn_sigma,
+                "guidance_embedding": self.guidance_embedding,
             }
         )
         config.update(self._base_config())

@@ -26,9 +26,9 @@ class LatentConsistencyModel(ConsistencyModel, LatentDiffusionModel):
     - **Guidance folded in, over a range of scales.** Each example draws a
       guidance scale w uniformly in `guidance_range`; the teacher's ODE
       step uses classifier-free guidance with that w, and a student whose
-      network has a guidance embedding (`UNet(guidance_embedding=True)`: a
-      Fourier embedding of w added to the time embedding) is conditioned
-      on it. `generate(guidance_scale=w)` and the export's `guidance_scale`
+      network has a guidance embedding (`guidance_embedding=True` on a
+      `UNet`, `DiT` or `MMDiT`: a Fourier embedding of w added to the time
+      embedding) is conditioned on it. `generate(guidance_scale=w)` and the export's `guidance_scale`
       input then give w to the network: one network call per step, no
       classifier-free guidance at sampling. A student without the
       embedding (LCM-LoRA) learns one scale: `guidance_range` must then be
@@ -120,9 +120,9 @@ class LatentConsistencyModel(ConsistencyModel, LatentDiffusionModel):
         Args:
             teacher: the trained teacher (its VAE, text encoder, classes and
                 schedule are the student's).
-            guidance_embedding: condition the student on w (a `UNet`
-                teacher; the embedding's projection starts at zero, so the
-                student starts as the teacher).
+            guidance_embedding: condition the student on w (a `UNet`,
+                `DiT` or `MMDiT` teacher; the embedding's projection starts
+                at zero, so the student starts as the teacher).
             lora_rank: LCM-LoRA: enable LoRA of this rank on the copy
                 (everything else frozen); needs `guidance_embedding=False`.
             lora_target: "all" (every Dense and Conv, as LCM-LoRA) or
@@ -240,7 +240,7 @@ def _with_guidance_embedding(network, teacher):
     if "guidance_embedding" not in config:
         raise ValueError(
             f"The teacher's {type(network).__name__} has no guidance embedding option "
-            "(UNet has one): pass guidance_embedding=False"
+            "(UNet, DiT and MMDiT have one): pass guidance_embedding=False"
         )
     copy = build_copy(type(network).from_config({**config, "guidance_embedding": True}),
                       teacher, **{GUIDANCE_KEY: ops.ones((1,), "float32")})

@@ -43,6 +43,8 @@ class MMDiT(Denoiser):
         "labels": optional int `(B,)` in [0, num_classes] (null: num_classes).
         "condition": `(B, H, W, condition_channels)`, iff
             `condition_channels > 0` (concatenated on channels).
+        "guidance": `(B,)` guidance scales w, required iff
+            `guidance_embedding` (an LCM student).
     Output: float32 `(B, H, W, input_channels)`.
 
     Args:
@@ -58,6 +60,10 @@ class MMDiT(Denoiser):
             the context.
         num_classes: optional class labels besides the text (None: none).
         condition_channels: channels of the image condition (0: none).
+        guidance_embedding: condition on a guidance scale w (LCM, Luo et
+            al. 2023): sinusoids of w (scaled by 1000, as t) and an MLP,
+            through a zero-initialized projection added to `c`, so a copy
+            of a trained MMDiT starts as that MMDiT.
         lora_rank, lora_target: set by `enable_lora`, restored on load.
         **kwargs: `keras.Model` arguments.
 
@@ -92,6 +98,7 @@ class MMDiT(Denoiser):
         pooling="mean",
         num_classes=None,
         condition_channels=0,
+        guidance_embedding=False,
         lora_rank=None,
         lora_target="attention",
         **kwargs,
@@ -122,6 +129,7 @@ class MMDiT(Denoiser):
         self.pooling = pooling
         self.num_classes = None if num_classes is None else int(num_classes)
         self.condition_channels = int(condition_channels or 0)
+        self.guidance_embedding = bool(guidance_embedding)
         self.lora_rank = lora_rank
         self.lora_target = lora_target
 
@@ -154,6 +162,7 @@ class MMDiT(Denoiser):
                 name="label_embed",
             )
             self.label_embed.build((None,))
+        self._build_guidance_embedding(d, self.frequency_dim)
         self.blocks = []
         tok = (b, None, d)
         for i in range(self.depth):
@@ -180,6 +189,7 @@ class MMDiT(Denoiser):
         c = c + self.pooled_embed_2(ops.silu(self.pooled_embed_1(pooled)))
         if labels is not None:
             c = c + ops.cast(self.label_embed(labels), c.dtype)
+        c = self._add_guidance_embedding(c, inputs.get("guidance"))
         for block in self.blocks:
             tokens, text = block([tokens, text, c])
         out = self.final_layer([tokens, c])
@@ -217,6 +227,7 @@ class MMDiT(Denoiser):
                 "pooling": self.pooling,
                 "num_classes": self.num_classes,
                 "condition_channels": self.condition_channels,
+                "guidance_embedding": self.guidance_embedding,
             }
         )
         config.update(self._base_config())

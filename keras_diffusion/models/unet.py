@@ -189,15 +189,7 @@ class UNet(Denoiser):
                 self.num_classes + 1, emb_dim, dtype=policy, name="label_embed"
             )
             self.label_embed.build((None,))
-        if self.guidance_embedding:
-            self.guidance_embed = TimestepEmbedding(
-                emb_dim, frequency_dim=self.base_channels, dtype=policy, name="guidance_embed"
-            )
-            self.guidance_embed.build((None,))
-            self.guidance_proj = keras.layers.Dense(
-                emb_dim, kernel_initializer="zeros", dtype=policy, name="guidance_proj"
-            )
-            self.guidance_proj.build(emb_shape)
+        self._build_guidance_embedding(emb_dim, self.base_channels)
 
         res_block, attn_block, build_attn = self._res_block, self._attn_block, self._build_attn
         b, size = x_shape[0], x_shape[1]
@@ -294,9 +286,7 @@ class UNet(Denoiser):
         emb = self.time_embed(t)
         if labels is not None:
             emb = emb + ops.cast(self.label_embed(labels), emb.dtype)
-        if self.guidance_embedding and guidance is not None:
-            w = ops.cast(ops.reshape(guidance, (-1,)), "float32")
-            emb = emb + ops.cast(self.guidance_proj(self.guidance_embed(w)), emb.dtype)
+        emb = self._add_guidance_embedding(emb, guidance)
 
         def attend(layer, h):
             return layer([h, context]) if self.context_dim else layer(h)

@@ -28,8 +28,9 @@ class TestCase(unittest.TestCase):
     Gives `assertAllClose` on nested tensors and the standard checks that
     every public object goes through: `run_serialization_test` (config
     round-trip), `run_layer_test` (build, call, shape, one fit step, `.keras`
-    saving round-trip), `run_model_saving_test` and `run_denoiser_test` (the
-    denoiser dict contract, null label, mixed precision, LoRA, saving).
+    saving round-trip), `run_model_saving_test`, `run_denoiser_test` (the
+    denoiser dict contract, null label, mixed precision, LoRA, saving) and
+    `run_guidance_embedding_test` (a denoiser's w input).
     """
 
     def setUp(self):
@@ -263,6 +264,83 @@ class TestCase(unittest.TestCase):
                     sorted(w.path for w in restored.trainable_weights),
                     sorted(w.path for w in model.trainable_weights),
                 )
+        return model
+
+    def run_guidance_embedding_test(self, cls, init_kwargs, inputs, atol=1e-5):
+        """The checks of a denoiser's `guidance_embedding` option (the w
+        input of LCM students).
+
+        - a copy of a trained-looking network (random weights) with the
+          option turned on and the network's weights starts as the network
+          at any w: only `guidance` weights are new;
+        - "guidance" is required iff the option is on (clear ValueErrors);
+        - with trained-looking w weights the output of an example changes
+          with its own w only;
+        - float32 outputs under `mixed_bfloat16`;
+        - config and `.keras` round-trips with identical outputs.
+
+        Args:
+            cls: the denoiser class (a `guidance_embedding` argument).
+            init_kwargs: constructor arguments (without the option).
+            inputs: a dict of inputs without "guidance", batch >= 2.
+            atol: tolerance of the output comparisons.
+        """
+        rng = np.random.default_rng(0)
+        batch = int(np.shape(inputs["x_t"])[0])
+        self.assertGreaterEqual(batch, 2, "the per-example check needs a batch of 2")
+        plain = cls(**{**init_kwargs, "guidance_embedding": False})
+        plain(inputs)
+        plain.set_weights(
+            [w + 0.1 * rng.normal(size=w.shape).astype(w.dtype) for w in plain.get_weights()]
+        )
+        expected = to_numpy(plain(inputs))
+        model = cls.from_config({**plain.get_config(), "guidance_embedding": True})
+        self.assertTrue(model.guidance_embedding)
+        w = np.linspace(1.0, 8.0, batch).astype("float32")
+        model({**inputs, "guidance": w})
+        source = {v.path.split("/", 1)[-1]: v for v in plain.variables}
+        new = []
+        for v in model.variables:
+            match = source.pop(v.path.split("/", 1)[-1], None)
+            if match is None:
+                new.append(v.path)
+            else:
+                v.assign(match.value)
+        self.assertFalse(source, f"weights missing in the copy: {sorted(source)}")
+        self.assertTrue(new and all("guidance" in p for p in new), new)
+        for scales in (w, np.zeros(batch, "float32"), np.full(batch, 14.0, "float32")):
+            self.assertAllClose(model({**inputs, "guidance": scales}), expected, atol=atol)
+
+        with self.assertRaisesRegex(ValueError, "(?s)guidance.*guidance_embedding=True"):
+            model(inputs)
+        with self.assertRaisesRegex(ValueError, "(?s)guidance.*shape \\(B,\\)"):
+            model({**inputs, "guidance": w[:, None]})
+        with self.assertRaisesRegex(ValueError, "(?s)guidance.*guidance_embedding=False"):
+            plain({**inputs, "guidance": w})
+
+        for v in model.variables:
+            if "guidance" in v.path:
+                v.assign(to_numpy(v) + 0.1 * rng.normal(size=v.shape).astype("float32"))
+        with_w = {**inputs, "guidance": w}
+        base = to_numpy(model(with_w))
+        other_w = w.copy()
+        other_w[-1] += 2.0
+        other = to_numpy(model({**inputs, "guidance": other_w}))
+        self.assertAllClose(other[:-1], base[:-1], atol=atol)
+        self.assertFalse(np.allclose(other[-1], base[-1], atol=1e-4), "w changes nothing")
+
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        try:
+            out = cls(**{**init_kwargs, "guidance_embedding": True})(with_w)
+        finally:
+            keras.config.set_dtype_policy("float32")
+        self.assertEqual(keras.backend.standardize_dtype(out.dtype), "float32")
+        self.assertTrue(np.all(np.isfinite(to_numpy(out))))
+
+        revived = self.run_serialization_test(model)
+        self.assertTrue(revived.guidance_embedding)
+        restored = self.run_model_saving_test(model, with_w, atol=atol)
+        self.assertTrue(restored.guidance_embedding)
         return model
 
 

@@ -76,6 +76,12 @@ class DiTTest(TestCase):
         self.run_serialization_test(model)
         self.run_model_saving_test(model, inputs, atol=1e-5)
 
+    def test_guidance_embedding(self):
+        model = self.run_guidance_embedding_test(
+            DiT, dict(TINY, num_classes=3), _inputs(labels=np.array([1, 3], "int32"))
+        )
+        self.assertEqual(model.guidance_proj.units, TINY["hidden_dim"])
+
     def test_unpatchify_inverts_patchify(self):
         # With identity-like weights the un-patchified layout must match the
         # patchified one: check on a model whose final layer copies the

@@ -1,4 +1,5 @@
-"""LatentConsistencyModel (LCM, LCM-LoRA) on a tiny VAE, UNet and text encoder.
+"""LatentConsistencyModel (LCM, LCM-LoRA) on a tiny VAE, UNet (DiT, MMDiT) and
+text encoder.
 
 8x8 latents (16x16 pixels, factor-2 VAE), batch 2, one fit step each. The
 Stable Diffusion bridge's UNet is keras-cv's fixed 860M-parameter network
@@ -14,8 +15,10 @@ import numpy as np
 from keras import ops
 
 from keras_diffusion.models import VAE
+from keras_diffusion.models import DiT
 from keras_diffusion.models import LatentConsistencyModel
 from keras_diffusion.models import LatentDiffusionModel
+from keras_diffusion.models import MMDiT
 from keras_diffusion.models import TextConditioner
 from keras_diffusion.models import UNet
 from keras_diffusion.testing import TestCase
@@ -23,14 +26,15 @@ from keras_diffusion.testing import TestCase
 PROMPTS = ["a red square", "a blue dot"]
 
 
-def _teacher():
+def _teacher(network=None):
     vae = VAE(input_channels=1, latent_channels=4, base_channels=8, channel_multipliers=(1, 1),
               num_res_blocks=1, num_groups=4, mid_attention=False, scaling_factor=2.0)
     encoder = TextConditioner(vocabulary_size=20, sequence_length=4, embedding_dim=8,
                               num_layers=1, num_heads=1)
     encoder.adapt(PROMPTS)
-    unet = UNet(input_channels=4, base_channels=8, channel_multipliers=(1,), num_res_blocks=1,
-                attention_resolutions=(8,), num_groups=4, context_dim=8)
+    unet = network or UNet(input_channels=4, base_channels=8, channel_multipliers=(1,),
+                           num_res_blocks=1, attention_resolutions=(8,), num_groups=4,
+                           context_dim=8)
     teacher = LatentDiffusionModel(vae, unet, text_encoder=encoder, prediction="v",
                                    pixel_shape=(16, 16, 1), seed=0)
     teacher.build(None)
@@ -111,6 +115,46 @@ class LatentConsistencyModelTest(TestCase):
                                 lcm.generate(text=PROMPTS[0], num_images=2, num_steps=n,
                                              seed=0, guidance_scale=6.0),
                                 atol=1e-4, rtol=1e-4)
+
+    def test_lcm_with_dit_teacher_embeds_guidance(self):
+        self._check_transformer_student(DiT)
+
+    def test_lcm_with_mmdit_teacher_embeds_guidance(self):
+        self._check_transformer_student(MMDiT)
+
+    def _check_transformer_student(self, cls):
+        """A DiT / MMDiT teacher: the student's copy has the w embedding,
+        starts as the teacher at any w, trains and samples with w."""
+        import tensorflow as tf
+
+        network = cls(input_channels=4, context_dim=8, patch_size=2, hidden_dim=16, depth=1,
+                      num_heads=2)
+        teacher = _teacher(network)
+        # adaLN-Zero makes a fresh transformer output zeros: give the teacher
+        # trained-looking weights.
+        rng = np.random.default_rng(0)
+        network.set_weights([w + 0.1 * rng.normal(size=w.shape).astype(w.dtype)
+                             for w in network.get_weights()])
+        lcm = LatentConsistencyModel.from_teacher(teacher, guidance_range=(2.0, 6.0), seed=0)
+        net = lcm.denoiser.denoiser
+        self.assertIsInstance(net, cls)
+        self.assertTrue(net.guidance_embedding)
+        self.assertEqual(lcm.guidance_input, "guidance")
+        x = np.random.default_rng(1).normal(size=(2, 8, 8, 4)).astype("float32")
+        t = np.array([0.3, 0.8], "float32")
+        context = teacher.encode_text(tf.constant(PROMPTS))
+        expected = teacher.denoiser({"x_t": x, "t": t, "context": context})
+        self.assertGreater(float(np.abs(ops.convert_to_numpy(expected)).max()), 0.1)
+        self.assertAllClose(
+            net({"x_t": x, "t": t, "context": context, "guidance": np.array([2.0, 7.0])}),
+            expected, atol=1e-5)
+        lcm.compile(keras.optimizers.Adam(1e-3), run_eagerly=True)
+        history = lcm.fit(tf.data.Dataset.from_tensor_slices(_data()).batch(1), verbose=0)
+        self.assertTrue(np.isfinite(history.history["loss"][-1]))
+        self.assertGreater(float(np.abs(net.guidance_proj.kernel.numpy()).max()), 0.0)
+        out = {w: lcm.generate(text=PROMPTS[0], num_images=1, num_steps=1, seed=0,
+                               guidance_scale=w) for w in (2.0, 6.0)}
+        self.assertGreater(float(np.abs(out[2.0] - out[6.0]).max()), 0.0)
 
     def test_lcm_lora_trains_only_lora_weights(self):
         import tensorflow as tf

@@ -84,6 +84,11 @@ class MMDiTTest(TestCase):
     def test_denoiser_contract(self):
         self.run_denoiser_test(MMDiT, dict(TINY, num_classes=3), (2, 8, 8, 4), context_shape=(2, 5, 6))
 
+    @pytest.mark.jax
+    def test_guidance_embedding(self):
+        model = self.run_guidance_embedding_test(MMDiT, TINY, _inputs())
+        self.assertEqual(model.guidance_proj.units, TINY["hidden_dim"])
+
     def test_fresh_model_outputs_zeros_and_conditioning_matters(self):
         model = MMDiT(**TINY)
         inputs = _inputs()

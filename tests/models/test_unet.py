@@ -74,6 +74,16 @@ class UNetTest(TestCase):
         d = model(dict(x, t=ops.convert_to_tensor(np.full((2,), 0.3, "float32"))))
         self.assertAllClose(c, d, atol=1e-6)
 
+    def test_guidance_embedding(self):
+        self.skip_on_jax(
+            "the w embedding is the Denoiser base's (test_dit and test_mmdit run its checks "
+            "on JAX); TensorFlow runs this one (22 s on JAX)"
+        )
+        model = self.run_guidance_embedding_test(
+            UNet, dict(TINY, channel_multipliers=(1,), attention_resolutions=()), _inputs()
+        )
+        self.assertEqual(model.guidance_proj.units, 4 * TINY["base_channels"])
+
     def test_saving_identical_outputs(self):
         model = UNet(**dict(TINY, num_classes=3))
         inputs = _inputs(labels=np.array([1, 3], "int32"))
