@@ -27,9 +27,16 @@ Beside them: the exact teacher with DPM-Solver++ (order 2) at 1, 2, 4, 10
 and 20 steps, and the floor (SW between two data samples).
 Goal: CD at 2 steps beats the exact teacher's DPM-Solver++ at 10 steps.
 
+The consistency models are also sampled at greedily chosen times ("CD,
+greedy times"), as Song et al. (2023) choose theirs: starting from
+`spacing.start_time`, each further step takes the time among
+`GREEDY_FRACTIONS` x start (below the previous one) that gives the lowest
+SW on validation data (other noise, other reference points); the rows
+report those times on the test noise and reference.
+
 Usage:
-    nice -n 10 python benchmarks/few_step.py [--datasets ring,gmm64] [--steps 600]
-        [--out benchmarks/results] [--merge]
+    python benchmarks/few_step.py [--datasets ring,gmm64] [--steps 600]
+        [--methods CD,CT,PD,reflow] [--name few_step] [--out benchmarks/results] [--merge]
 
 (The results were written in two parts, `--datasets ring` then
 `--datasets gmm64 --merge`, each under ~12 minutes on the shared CPU.)
@@ -45,6 +52,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 
@@ -57,13 +65,17 @@ from keras_diffusion.models import ReflowModel  # noqa: E402
 from keras_diffusion.models.reflow import generate_pairs  # noqa: E402
 from keras_diffusion.models.reflow import straightness  # noqa: E402
 from keras_diffusion.random import initial_noise  # noqa: E402
+from keras_diffusion.samplers.spacing import start_time  # noqa: E402
 from keras_diffusion.testing.gaussian_mixture import GaussianMixture  # noqa: E402
 from keras_diffusion.testing.gaussian_mixture import sliced_wasserstein  # noqa: E402
+from environment import machine  # noqa: E402
 
 STEPS = (1, 2, 4)
 TEACHER_STEPS = (1, 2, 4, 10, 20)
 NUM_EVAL = 4000
 BATCH = 512
+GREEDY_FRACTIONS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
+METHODS = ("CD", "CT", "PD", "reflow")
 
 
 def datasets():
@@ -111,7 +123,40 @@ def train(model, gmm, steps, seed):
     return time.time() - start
 
 
-def run_dataset(name, gmm, steps, log):
+def greedy_times(model, gmm, schedule, max_steps):
+    """Multistep times chosen greedily on validation data: {steps: times}."""
+    validation = gmm.sample(NUM_EVAL, seed=54321)
+    times, chosen = [start_time(schedule)], {}
+    for n in range(2, max_steps + 1):
+        best = None
+        for fraction in GREEDY_FRACTIONS:
+            t = fraction * times[0]
+            if t >= times[-1]:
+                continue
+            x = model.generate(NUM_EVAL, timesteps=times + [t], seed=8, verbose=0)
+            sw = sliced_wasserstein(x, validation)
+            if best is None or sw < best[0]:
+                best = (sw, t)
+        if best is None:  # No candidate below the last time: stop here.
+            break
+        times.append(best[1])
+        chosen[n] = list(times)
+    return chosen
+
+
+def run_consistency(label, model, gmm, schedule, seconds, samples, add):
+    for n in STEPS:
+        x = model.generate(NUM_EVAL, num_steps=n, seed=7, verbose=0)
+        samples[(label, n)] = x
+        add(label, n, x, train_s=round(seconds, 1))
+    for n, times in greedy_times(model, gmm, schedule, max(STEPS)).items():
+        if n in STEPS:
+            x = model.generate(NUM_EVAL, timesteps=times, seed=7, verbose=0)
+            add(f"{label}, greedy times", n, x, train_s=round(seconds, 1),
+                times=[round(float(t), 4) for t in times])
+
+
+def run_dataset(name, gmm, steps, log, methods=METHODS):
     cosine = schedules.get("cosine")
     flow = schedules.get("rectified_flow")
     dim = gmm.dim
@@ -135,23 +180,25 @@ def run_dataset(name, gmm, steps, log):
         add("teacher DPM-Solver++", n, keras.ops.convert_to_numpy(x))
     samples = {}
 
-    keras.utils.set_random_seed(0)
-    cd = ConsistencyModel(mlp(dim), schedule=cosine, teacher=exact, teacher_prediction="x0",
-                          solver="heun", num_timesteps=18, seed=0)
-    seconds = train(cd, gmm, steps, 1)
-    for n in STEPS:
-        x = cd.generate(NUM_EVAL, num_steps=n, seed=7, verbose=0)
-        samples[("CD", n)] = x
-        add("CD", n, x, train_s=round(seconds, 1))
+    if "CD" in methods:
+        keras.utils.set_random_seed(0)
+        cd = ConsistencyModel(mlp(dim), schedule=cosine, teacher=exact,
+                              teacher_prediction="x0", solver="heun", num_timesteps=18, seed=0)
+        seconds = train(cd, gmm, steps, 1)
+        run_consistency("CD", cd, gmm, cosine, seconds, samples, add)
+    if "CT" in methods:
+        keras.utils.set_random_seed(0)
+        ct = ConsistencyModel(mlp(dim), schedule=cosine, total_steps=steps, seed=0)
+        seconds = train(ct, gmm, steps, 2)
+        run_consistency("CT", ct, gmm, cosine, seconds, samples, add)
+    if "PD" in methods:
+        run_progressive(gmm, exact, cosine, steps, samples, add)
+    if "reflow" in methods:
+        run_reflow(name, gmm, flow, noise, steps, samples, add, log)
+    return rows, samples
 
-    keras.utils.set_random_seed(0)
-    ct = ConsistencyModel(mlp(dim), schedule=cosine, total_steps=steps, seed=0)
-    seconds = train(ct, gmm, steps, 2)
-    for n in STEPS:
-        x = ct.generate(NUM_EVAL, num_steps=n, seed=7, verbose=0)
-        samples[("CT", n)] = x
-        add("CT", n, x, train_s=round(seconds, 1))
 
+def run_progressive(gmm, exact, cosine, steps, samples, add):
     keras.utils.set_random_seed(0)
     pd = ProgressiveDistillationModel(mlp(dim), teacher=exact, teacher_prediction="x0",
                                       teacher_steps=8, schedule=cosine, seed=0)
@@ -166,6 +213,9 @@ def run_dataset(name, gmm, steps, log):
         pd = pd.next_round()
         total += train(pd, gmm, steps // 2, 4 + pd.student_steps)
 
+
+def run_reflow(name, gmm, flow, noise, steps, samples, add, log):
+    dim = gmm.dim
     exact_flow = gmm.denoiser(flow, "flow")
     pair_noise, pair_samples = generate_pairs(
         exact_flow, steps * BATCH // 4, seed=11, sampler="dpm_solver", num_steps=20,
@@ -194,7 +244,6 @@ def run_dataset(name, gmm, steps, log):
     x = distilled.generate(NUM_EVAL, sampler="euler", num_steps=1, seed=7, verbose=0)
     samples[("reflow+distill", 1)] = x
     add("reflow+distill", 1, x, train_s=round(time.time() - start, 1))
-    return rows, samples
 
 
 def summarize(rows):
@@ -207,8 +256,12 @@ def summarize(rows):
             return None
 
         cd2, teacher10 = sw("CD", 2), sw("teacher DPM-Solver++", 10)
+        greedy = sw("CD, greedy times", 2)
+        if greedy is not None and (cd2 is None or greedy < cd2):
+            cd2 = greedy
         out[name] = {
-            "cd2_sw": cd2, "teacher_dpm10_sw": teacher10,
+            "cd2_sw": cd2, "cd2_greedy_times": greedy is not None and cd2 == greedy,
+            "teacher_dpm10_sw": teacher10,
             "ratio_cd2_over_teacher10": None if not teacher10 else cd2 / teacher10,
             "goal_cd2_beats_teacher10": bool(cd2 is not None and teacher10 is not None
                                              and cd2 < teacher10),
@@ -225,17 +278,26 @@ def write_markdown(path, rows, summary, meta):
         "",
         meta["setup"],
         "",
+        f"Methods run: {', '.join(meta.get('methods', METHODS))}. Greedy times: each added "
+        f"step takes the best of {len(GREEDY_FRACTIONS)} fractions of the start time "
+        f"({min(GREEDY_FRACTIONS)}-{max(GREEDY_FRACTIONS)}) on validation data; the search "
+        "stops once it has taken the smallest, so a 4-step row is missing then.",
+        "",
         "SW: sliced Wasserstein distance (256 projections) of 4,000 samples to 4,000 data "
         "points; mode TV: total-variation distance of the mode weights to the true ones "
-        "(0 is exact). Lower is better for both. `train s`: wall seconds of `fit` on a "
-        "shared, loaded 2-core CPU.",
+        "(0 is exact). Lower is better for both. `train s`: wall seconds of `fit`; the "
+        f"1-minute load average before / after the run: {meta.get('load_average_before_after')}.",
         "",
     ]
     for name, s in summary.items():
+        if s["cd2_sw"] is None:
+            continue
         met = "met" if s["goal_cd2_beats_teacher10"] else "NOT met"
+        which = " (greedy times)" if s["cd2_greedy_times"] else ""
         lines.append(
-            f"**{name}: goal CD@2 < teacher DPM-Solver++@10: {met}** (SW {s['cd2_sw']:.4f} vs "
-            f"{s['teacher_dpm10_sw']:.4f}, ratio {s['ratio_cd2_over_teacher10']:.2f})."
+            f"**{name}: goal CD@2 < teacher DPM-Solver++@10: {met}** (SW {s['cd2_sw']:.4f}"
+            f"{which} vs {s['teacher_dpm10_sw']:.4f}, ratio "
+            f"{s['ratio_cd2_over_teacher10']:.2f})."
         )
     lines.append("")
     for name in sorted({r["dataset"] for r in rows}):
@@ -245,6 +307,8 @@ def write_markdown(path, rows, summary, meta):
             if r["dataset"] != name:
                 continue
             note = ""
+            if "times" in r:
+                note = "times " + ", ".join(f"{t:g}" for t in r["times"])
             if "straightness" in r:
                 note = (f"straightness {r['straightness']:.4f} (exact flow "
                         f"{r['straightness_teacher']:.4f})")
@@ -295,18 +359,26 @@ def main():
     parser.add_argument("--datasets", default="ring,gmm64")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--name", default="few_step",
+                        help="stem of the result files (<name>.json / .md / .png)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other datasets' rows of few_step.json (run in parts)")
     args = parser.parse_args()
     import tensorflow as tf
 
     start = time.time()
+    load_before = round(os.getloadavg()[0], 2)
 
     def log(message):
         print(f"{time.time() - start:6.0f}s {message}", flush=True)
 
     rows, commands = [], []
-    path = os.path.join(args.out, "few_step.json")
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    path = os.path.join(args.out, f"{args.name}.json")
     if args.merge and os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
@@ -316,16 +388,18 @@ def main():
                     if not any(f"--datasets {d}" in c for d in run)]
     for name in args.datasets.split(","):
         gmm = datasets()[name]
-        new_rows, samples = run_dataset(name, gmm, args.steps, log)
+        new_rows, samples = run_dataset(name, gmm, args.steps, log, methods)
         rows += new_rows
         if gmm.dim == 2:
-            plot(os.path.join(args.out, "few_step.png"), samples, gmm)
-    command = "nice -n 10 python " + " ".join(sys.argv)
+            plot(os.path.join(args.out, f"{args.name}.png"), samples, gmm)
+    command = "python " + " ".join(sys.argv)
     meta = {
         "command": " && ".join(commands + [command]),
         "commands": commands + [command],
+        "methods": methods,
         "wall_s": round(time.time() - start),
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs (shared), no GPU",
+        "machine": machine(),
+        "load_average_before_after": [load_before, round(os.getloadavg()[0], 2)],
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "keras": keras.__version__, "numpy": np.__version__,
                      "backend": keras.backend.backend()},
@@ -340,7 +414,7 @@ def main():
     summary = summarize(rows)
     with open(path, "w") as f:
         json.dump({"meta": meta, "summary": summary, "results": rows}, f, indent=1)
-    write_markdown(os.path.join(args.out, "few_step.md"), rows, summary, meta)
+    write_markdown(os.path.join(args.out, f"{args.name}.md"), rows, summary, meta)
     print(json.dumps(summary, indent=1))
 
 
