@@ -28,8 +28,9 @@ class LatentConsistencyModel(ConsistencyModel, LatentDiffusionModel):
       step uses classifier-free guidance with that w, and a student whose
       network has a guidance embedding (`guidance_embedding=True` on a
       `UNet`, `DiT` or `MMDiT`: a Fourier embedding of w added to the time
-      embedding) is conditioned on it. `generate(guidance_scale=w)` and the export's `guidance_scale`
-      input then give w to the network: one network call per step, no
+      embedding) is conditioned on it. `generate(guidance_scale=w)` and
+      the export's `guidance_scale` input then give w to the network: one
+      network call per step, no
       classifier-free guidance at sampling. A student without the
       embedding (LCM-LoRA) learns one scale: `guidance_range` must then be
       one number.
