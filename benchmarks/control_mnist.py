@@ -24,8 +24,15 @@ base with the same labels and no control, and reports:
 
 Goal: F1 >= 0.7 and >= 2x the base's.
 
+With `--max_shift K` every training and held-out digit is first moved by a
+random whole-pixel offset in [-K, K] on each axis (its control with it;
+training uses 4 offsets per digit), so that the control carries where the
+digit is, which a centred sample of the right class cannot match by chance.
+The base still generates centred digits: the ControlNet has to move them.
+
 Usage:
     nice -n 10 python benchmarks/control_mnist.py [--train_minutes 6]
+        [--max_shift 4 --name control_mnist_shifted]
 """
 
 import argparse
@@ -49,6 +56,22 @@ def load_digits():
 
     x, y = mnist_data()
     return x.reshape(-1, 28, 28, 1).astype("uint8"), y.astype("int32")
+
+
+def shift_digits(images, max_shift, rng, copies=1):
+    """`copies` versions of each (N, 28, 28, 1) digit moved by random whole-
+    pixel offsets in [-max_shift, max_shift] (the background fills in);
+    returns the moved images (N * copies, ...) and the index of each source."""
+    index = np.repeat(np.arange(len(images)), copies)
+    if max_shift == 0:
+        return images[index], index
+    offsets = rng.integers(-max_shift, max_shift + 1, size=(len(index), 2))
+    out = np.zeros_like(images[index])
+    h, w = images.shape[1:3]
+    for k, (i, (dy, dx)) in enumerate(zip(index, offsets)):
+        src = images[i, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+        out[k, max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
+    return out, index
 
 
 def _neighborhood(mask, reduce):
@@ -148,6 +171,8 @@ def main():
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--judge_epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_shift", type=int, default=0)
+    parser.add_argument("--name", default="control_mnist")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     keras.utils.set_random_seed(args.seed)
@@ -158,6 +183,11 @@ def main():
     x_train, y_train = x[:args.num_train], y[:args.num_train]
     x_judge, y_judge = x[4000:4500], y[4000:4500]
     x_eval, y_eval = x[4500:4500 + args.num_eval], y[4500:4500 + args.num_eval]
+    rng = np.random.default_rng(args.seed + 1)
+    if args.max_shift:
+        x_train, index = shift_digits(x_train, args.max_shift, rng, copies=4)
+        y_train = y_train[index]
+        x_eval, _ = shift_digits(x_eval, args.max_shift, rng)
     control_train = edges(x_train)[..., None].astype("float32") * 2 - 1
     control_eval = edges(x_eval)
 
@@ -167,8 +197,8 @@ def main():
                 metrics=["accuracy"])
     clf.fit(x_judge / 127.5 - 1, y_judge, batch_size=64, epochs=args.judge_epochs, verbose=0)
     judge_seconds = time.time() - start
-    judge_acc = float(np.mean(np.argmax(clf.predict(x_train / 127.5 - 1, verbose=0), -1)
-                              == y_train))
+    judge_acc = float(np.mean(np.argmax(clf.predict(x_eval / 127.5 - 1, verbose=0), -1)
+                              == y_eval))
     print(f"judge: accuracy {judge_acc:.4f} on real digits ({judge_seconds:.0f} s)", flush=True)
 
     base = keras.models.load_model(args.base)
@@ -217,10 +247,10 @@ def main():
     for i in range(10):
         rows += [control_eval[i][..., None].astype("float32") * 2 - 1, controlled[i],
                  uncontrolled[i]]
-    save_image_grid(np.stack(rows), os.path.join(args.out, "control_mnist.png"), num_rows=10,
+    save_image_grid(np.stack(rows), os.path.join(args.out, args.name + ".png"), num_rows=10,
                     scale=2)
     report = {
-        "command": "nice -n 10 python benchmarks/control_mnist.py " + " ".join(
+        "command": "python benchmarks/control_mnist.py " + " ".join(
             f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "base")),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
                    "(shared)",
@@ -235,6 +265,7 @@ def main():
         "final_loss": float(history.history["loss"][-1]),
         "judge_accuracy_on_real_digits": judge_acc,
         "num_eval": args.num_eval,
+        "max_shift": args.max_shift,
         "sampler": f"dpm_solver x{args.num_steps}, guidance {args.guidance}",
         "sample_seconds": {"controlnet": round(control_seconds, 1),
                            "base": round(base_seconds, 1)},
@@ -243,20 +274,23 @@ def main():
         "edge_f1_same_class_real_digit": same_class_real_f1,
         "goal_f1_0.7_and_2x_met": bool(goal),
     }
-    with open(os.path.join(args.out, "control_mnist.json"), "w") as f:
+    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
         json.dump(report, f, indent=2)
     c, b = results["controlnet"], results["base_without_control"]
     lines = [
-        "# control_mnist: ControlNet with edge-map control on the MNIST base",
+        f"# {args.name}: ControlNet with edge-map control on the MNIST base",
         "",
         f"- base: {report['base']} (class-conditional UNet, frozen, {frozen} parameters); "
         f"ControlNet: {trainable} trainable parameters (encoder copy + hint encoder + zero convs)",
         f"- trained {train_seconds:.0f} s, {steps} steps of batch {args.batch_size}, "
         f"AdamW({args.learning_rate}), EMA 0.99, label dropout 0.1; final loss "
         f"{report['final_loss']:.4f}",
-        f"- control: the skeleton (Zhang-Suen thinning) of the binarized digit; evaluated on "
-        f"{args.num_eval} held-out digits, {report['sampler']}",
-        f"- judge: small CNN on 500 other held-out digits, accuracy {judge_acc:.4f} on real digits",
+        f"- control: the skeleton (Zhang-Suen thinning) of the binarized digit"
+        + (f", every digit moved by a random offset in [-{args.max_shift}, {args.max_shift}] px "
+           "per axis (4 offsets per training digit)" if args.max_shift else "")
+        + f"; evaluated on {args.num_eval} held-out digits, {report['sampler']}",
+        f"- judge: small CNN on 500 other held-out digits, accuracy {judge_acc:.4f} on the "
+        "evaluated real digits",
         "",
         "| model | edge F1 (1 px) | median | judge accuracy |",
         "|---|---|---|---|",
@@ -269,12 +303,12 @@ def main():
         f"F1 ratio ControlNet / base: {ratio:.2f}. Goal (F1 >= 0.7 and >= 2x base): "
         f"{'met' if goal else 'NOT met'}.",
         "",
-        "Grid (control_mnist.png): rows of control | ControlNet sample | base sample.",
+        f"Grid ({args.name}.png): rows of control | ControlNet sample | base sample.",
         f"Machine: {report['machine']}, load average {report['load_average']:.1f}; "
         f"Keras {keras.__version__} ({keras.backend.backend()}).",
         f"Rerun: `{report['command']}`",
     ]
-    with open(os.path.join(args.out, "control_mnist.md"), "w") as f:
+    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1012,8 +1012,9 @@ class DiffusionModel(keras.Model):
                 step (`clip_x0=1` of a sampler given by name); default as
                 `clip` for pixel models, False for latent models. (The
                 default grids start where log-SNR is -10.5 on schedules that
-                go below it, `samplers.spacing.start_time`, so an epsilon
-                model's first steps amplify its error about 7-fold, not 600.)
+                go below it, -5 for epsilon and score models,
+                `samplers.spacing.start_log_snr_for`, so that the first steps
+                do not amplify the model's error hundreds of times.)
             use_ema: sample with the optimizer's EMA weights when kept.
             jit_compile: XLA for the sampler graph (None: as `compile`).
             verbose: "auto", 0 or 1: progress bar.
@@ -1071,7 +1072,9 @@ class DiffusionModel(keras.Model):
         batch_size = num if batch_size is None else min(int(batch_size), num)
         seed = random_lib.check_seed(seed)
         times = np.asarray(
-            ops.convert_to_numpy(sampler.timesteps(self.schedule, num_steps, timesteps, spacing)),
+            ops.convert_to_numpy(
+                sampler.timesteps(self.schedule, num_steps, timesteps, spacing, self.prediction)
+            ),
             "float32",
         )
         if not eager:  # Eager runs reach `sampler.sample` with these concrete times.
@@ -1163,7 +1166,7 @@ class DiffusionModel(keras.Model):
         values = self.weight_values(use_ema)
         cond = self._conditions_for(num, labels, text, condition, values, control)
         tail = image_to_image.strength_timesteps(
-            sampler, self.schedule, strength, num_steps, timesteps, spacing
+            sampler, self.schedule, strength, num_steps, timesteps, spacing, self.prediction
         )
         if tail.size == 0:
             out = np.asarray(ops.convert_to_numpy(pixels), "float32")

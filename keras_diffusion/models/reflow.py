@@ -14,6 +14,7 @@ from keras_diffusion import random as random_lib
 from keras_diffusion import samplers as samplers_lib
 from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.models.diffusion_model import DiffusionModel
+from keras_diffusion.samplers.spacing import start_std
 from keras_diffusion.samplers.spacing import start_time
 
 
@@ -82,8 +83,8 @@ def straightness(model_fn, noise, schedule, prediction, num_steps=32):
         A Python float.
     """
     schedule = schedules_lib.get(schedule)
-    x = ops.cast(ops.convert_to_tensor(noise), "float32") * schedule.prior_std
     t_start = float(ops.convert_to_numpy(start_time(schedule)))
+    x = ops.cast(ops.convert_to_tensor(noise), "float32") * start_std(schedule, t_start)
     times = t_start * (1.0 - np.arange(num_steps + 1) / num_steps)
     start = x
     velocities = []

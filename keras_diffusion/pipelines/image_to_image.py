@@ -80,6 +80,7 @@ from keras_diffusion import guidance
 from keras_diffusion import random as random_lib
 from keras_diffusion import samplers as samplers_lib
 from keras_diffusion import schedules as schedules_lib
+from keras_diffusion.samplers.spacing import start_std
 from keras_diffusion.utils.images import to_float
 
 
@@ -156,17 +157,20 @@ def _check_images(images, name="images"):
 # ----------------------------------------------------------------------
 # The time grid
 # ----------------------------------------------------------------------
-def strength_timesteps(sampler, schedule, strength, num_steps=None, timesteps=None, spacing=None):
+def strength_timesteps(sampler, schedule, strength, num_steps=None, timesteps=None, spacing=None,
+                       prediction=None):
     """The tail `t <= strength` of a sampler's time grid (numpy float32).
 
-    Empty when `strength` is below the grid's smallest time.
+    Empty when `strength` is below the grid's smallest time. `prediction`
+    sets where the full grid starts (`Sampler.timesteps`).
     """
     strength = check_strength(strength)
     sampler = samplers_lib.get(sampler)
     with _eager_scope():
         if timesteps is not None and not _is_symbolic(timesteps):
             timesteps = np.asarray(ops.convert_to_numpy(timesteps), "float32")
-        times = sampler.timesteps(schedules_lib.get(schedule), num_steps, timesteps, spacing)
+        times = sampler.timesteps(schedules_lib.get(schedule), num_steps, timesteps, spacing,
+                                  prediction)
         times = np.asarray(ops.convert_to_numpy(times), "float32")
     # A little slack so that strength = 0.6 keeps a grid point at 0.6 (float32).
     tail = times[times <= strength + 1e-6]
@@ -254,7 +258,8 @@ def img2img(
     sampler = samplers_lib.get(sampler)
     schedule = schedules_lib.get(schedule)
     images = _check_images(images)
-    tail = strength_timesteps(sampler, schedule, strength, num_steps, timesteps, spacing)
+    tail = strength_timesteps(sampler, schedule, strength, num_steps, timesteps, spacing,
+                              prediction)
     if tail.size == 0:
         return images
     seed = random_lib.check_seed(seed)
@@ -262,7 +267,7 @@ def img2img(
     x_start = _start(schedule, images, eps, float(tail[0]))
     return sampler.sample(
         model_fn,
-        x_start / schedule.prior_std,
+        x_start / start_std(schedule, float(tail[0])),
         schedule=schedule,
         prediction=prediction,
         timesteps=tail,

@@ -6,6 +6,8 @@ from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.samplers.euler_sampler import flow
 from keras_diffusion.samplers.sampler import Sampler
 from keras_diffusion.samplers.sampler import _check_finite
+from keras_diffusion.samplers.spacing import start_log_snr_for
+from keras_diffusion.samplers.spacing import start_std
 from keras_diffusion.samplers.spacing import start_time
 from keras_diffusion.samplers.spacing import validate_timesteps
 from keras_diffusion.schedules.schedule import register
@@ -84,18 +86,21 @@ class ODESampler(Sampler):
             "max_num_steps": self.max_num_steps,
         }
 
-    def timesteps(self, schedule, num_steps=None, timesteps=None, spacing=None):
+    def timesteps(self, schedule, num_steps=None, timesteps=None, spacing=None,
+                  prediction=None):
         """[t_start, t_min] by default: the span of the integration (without the 0).
 
         t_start is where the other samplers' default grids start,
-        `keras_diffusion.samplers.spacing.start_time(schedule)`: t = 1 except
-        on schedules whose log-SNR(1) is about -inf (cosine, rectified flow).
+        `keras_diffusion.samplers.spacing.start_time(schedule,
+        start_log_snr_for(prediction))`: t = 1 except on schedules whose
+        log-SNR(1) is about -inf (cosine, rectified flow), and for noise
+        predictions except where log-SNR(1) >= -5.
         """
         schedule = schedules_lib.get(schedule)
         if timesteps is not None:
             return validate_timesteps(timesteps)
         t_min = schedule.t_min if schedule.t_min > 0 else 1e-3
-        t_start = ops.cast(start_time(schedule), "float32")
+        t_start = ops.cast(start_time(schedule, start_log_snr_for(prediction)), "float32")
         return ops.stack([t_start, ops.convert_to_tensor(t_min, "float32")])
 
     def sample(
@@ -133,11 +138,12 @@ class ODESampler(Sampler):
                 f"received backend {keras.backend.backend()!r}"
             )
         noise, schedule = self._check_inputs(noise, schedule, prediction)
-        times = self.timesteps(schedule, timesteps=timesteps)
+        times = self.timesteps(schedule, timesteps=timesteps, prediction=prediction)
         denoise = self._make_denoise(model_fn, schedule, prediction)
 
         def run(noise, times):
-            return self._integrate(denoise, schedule.prior_std * noise, times, schedule)
+            return self._integrate(denoise, start_std(schedule, times[0]) * noise, times,
+                                   schedule)
 
         if not tf.executing_eagerly():
             x, nfe, status = run(noise, times)

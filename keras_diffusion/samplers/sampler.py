@@ -10,6 +10,8 @@ from keras_diffusion import objectives
 from keras_diffusion import schedules as schedules_lib
 from keras_diffusion.random import step_noise  # noqa: F401 (re-exported)
 from keras_diffusion.samplers.spacing import make_timesteps
+from keras_diffusion.samplers.spacing import start_log_snr_for
+from keras_diffusion.samplers.spacing import start_std
 from keras_diffusion.samplers.spacing import validate_timesteps
 from keras_diffusion.schedules.schedule import broadcast_like
 
@@ -83,11 +85,13 @@ class Sampler:
         Without `timesteps` the grid starts at t = 1, or on schedules whose
         log-SNR(1) is below `spacing.START_LOG_SNR` (cosine: -19.8, rectified
         flow: -inf) where the log-SNR reaches it: see `spacing.start_time`.
+        For "epsilon" and "score" that floor is `spacing.NOISE_START_LOG_SNR`
+        (-5; linear: t = 0.85, scaled_linear: t = 0.97).
 
         Args:
             model_fn: `model_fn(x_t, t) -> prediction`, `t` of shape [batch].
             noise: standard normal noise of the output's shape; the sampler
-                starts from `schedule.prior_std * noise`.
+                starts from `schedule.prior_std * noise` (`spacing.start_std`).
             schedule: a `Schedule` or a schedule name.
             prediction: what `model_fn` predicts: "epsilon", "x0", "v", "flow",
                 "score".
@@ -103,7 +107,7 @@ class Sampler:
             The samples, shaped like `noise`, float32.
         """
         noise, schedule = self._check_inputs(noise, schedule, prediction)
-        times = self.timesteps(schedule, num_steps, timesteps, spacing)
+        times = self.timesteps(schedule, num_steps, timesteps, spacing, prediction)
         try:
             concrete = np.asarray(ops.convert_to_numpy(times), "float64")
         except (RuntimeError, TypeError):  # Traced (tf.function, jax.jit).
@@ -114,19 +118,26 @@ class Sampler:
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
         denoise = self._make_denoise(model_fn, schedule, prediction)
-        x = schedule.prior_std * noise
+        x = start_std(schedule, times[0]) * noise
         x = self._loop(denoise, x, times, schedule, seed)
         return _check_finite(x)
 
-    def timesteps(self, schedule, num_steps=None, timesteps=None, spacing=None):
-        """The model-evaluation times this sampler would use (without the 0)."""
+    def timesteps(self, schedule, num_steps=None, timesteps=None, spacing=None,
+                  prediction=None):
+        """The model-evaluation times this sampler would use (without the 0).
+
+        `prediction` sets where a default grid starts
+        (`spacing.start_log_snr_for`): noise predictions start at a higher
+        log-SNR.
+        """
         schedule = schedules_lib.get(schedule)
         if timesteps is not None:
             return validate_timesteps(timesteps)
         if num_steps is None:
             num_steps = self.default_num_steps
         spacing = spacing or getattr(schedule, "default_spacing", "uniform")
-        return make_timesteps(schedule, num_steps, spacing)
+        return make_timesteps(schedule, num_steps, spacing,
+                              start_log_snr=start_log_snr_for(prediction))
 
     def correction_gains(self, schedule, times):
         """How much each corrector step amplifies an error (None: no corrector).

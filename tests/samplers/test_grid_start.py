@@ -67,10 +67,18 @@ class StartTimeTest(TestCase):
         # Schedules whose log-SNR(1) is above START_LOG_SNR start at t = 1.
         for name in ("linear", "scaled_linear", "ve"):
             self.assertEqual(float(spacing.start_time(schedules.get(name))), 1.0, msg=name)
-        # Variance exploding: t = 1 even far below (the prior is sigma_max).
+        # Variance exploding far below START_LOG_SNR (x0 = x_t - sigma eps
+        # multiplies an eps error by sigma up to 1000): it starts there too,
+        # from N(0, sigma(t_start)^2) rather than N(0, sigma_max^2).
         big_ve = schedules.VESchedule(sigma_max=1000.0)
         self.assertLess(float(big_ve.log_snr(1.0)), spacing.START_LOG_SNR)
-        self.assertEqual(float(spacing.start_time(big_ve)), 1.0)
+        t0 = spacing.start_time(big_ve)
+        self.assertAllClose(big_ve.log_snr(t0), spacing.START_LOG_SNR, atol=1e-3)
+        self.assertAllClose(spacing.start_std(big_ve, t0), big_ve.alpha_sigma(t0)[1])
+        self.assertAllClose(spacing.start_std(big_ve, 1.0), 1000.0)
+        # VP schedules start from N(0, 1) wherever the grid starts.
+        cosine = schedules.CosineSchedule()
+        self.assertEqual(float(spacing.start_std(cosine, spacing.start_time(cosine))), 1.0)
         # Cosine (log-SNR(1) = -19.8) and rectified flow (-inf) start where
         # the log-SNR reaches START_LOG_SNR.
         for name in ("cosine", "rectified_flow"):
@@ -96,6 +104,50 @@ class StartTimeTest(TestCase):
             samplers.DDIMSampler().timesteps(cosine, 50),
             samplers.make_timesteps(cosine, 50, "uniform"),
         )
+
+    def test_noise_predictions_start_at_log_snr_minus_5(self):
+        for prediction in ("epsilon", "score"):
+            self.assertEqual(spacing.start_log_snr_for(prediction), spacing.NOISE_START_LOG_SNR)
+        for prediction in ("x0", "v", "flow", None):
+            self.assertEqual(spacing.start_log_snr_for(prediction), spacing.START_LOG_SNR)
+        # Every default schedule's log-SNR(1) is below -5 (scaled_linear:
+        # -5.36), so every one starts there for noise predictions.
+        for name in SCHEDULES:
+            schedule = schedules.get(name)
+            for kind in ("uniform", "log_snr", "karras"):
+                times = _np(samplers.DDIMSampler().timesteps(schedule, 10, spacing=kind,
+                                                             prediction="epsilon"))
+                self.assertAllClose(schedule.log_snr(times[0]), spacing.NOISE_START_LOG_SNR,
+                                    atol=1e-3, msg=f"{name} {kind}")
+        # Other predictions keep their grid (linear: from t = 1).
+        linear = schedules.LinearSchedule()
+        self.assertEqual(float(samplers.DDIMSampler().timesteps(linear, 10, prediction="v")[0]),
+                         1.0)
+        self.assertAllClose(
+            samplers.DDIMSampler().timesteps(linear, 10, prediction="epsilon"),
+            samplers.make_timesteps(linear, 10, start_log_snr=spacing.NOISE_START_LOG_SNR),
+        )
+
+    def test_noise_prediction_start_keeps_every_mode(self):
+        # The eps error amplified by sigma / alpha at low SNR becomes a drift
+        # that a deterministic sampler integrates: from log-SNR -10.5 (t = 1
+        # on linear and VE) a mode of the ring keeps under 1/16 of the
+        # samples (1/8 is exact); from -5 every one keeps more.
+        noise = np.random.default_rng(0).normal(size=(2000, 2)).astype("float32")
+        sampler = samplers.DDIMSampler()
+        for name in self.backend_cases(("linear", "cosine", "ve", "rectified_flow")):
+            schedule = schedules.get(name)
+            model_fn = _imperfect(schedule, "epsilon")
+            low = samplers.make_timesteps(schedule, 50, start_log_snr=spacing.START_LOG_SNR)
+            for times, default in ((None, True), (low, False)):
+                x = _np(sampler.sample(model_fn, noise, schedule=schedule, prediction="epsilon",
+                                       num_steps=50, timesteps=times))
+                fractions = np.bincount(GMM.classify(x), minlength=8) / len(x)
+                msg = f"{name} default={default}: {np.round(fractions, 3)}"
+                if default:
+                    self.assertGreater(fractions.min(), 1 / 16, msg=msg)
+                else:
+                    self.assertLess(fractions.min(), 1 / 16, msg=msg)
 
     def test_log_snr_grid_spends_no_step_at_pure_noise(self):
         # Before: the 10-point log_snr grid on cosine went -19.8, -16.6, ...,

@@ -186,11 +186,14 @@ class PredictionTypesTest(TestCase):
         cases.append((schedules.CosineSchedule(), _some_samplers()[2:4]))
         for schedule, sampler_list in cases:
             for sampler in self.backend_cases(sampler_list):
+                # One grid for all (noise predictions' default grid starts
+                # later, `spacing.start_log_snr_for`).
+                times = sampler.timesteps(schedule, 12)
                 outs = [
                     to_np(
                         sampler.sample(
                             GMM.denoiser(schedule, p), noise, schedule=schedule,
-                            prediction=p, num_steps=12, seed=3,
+                            prediction=p, timesteps=times, seed=3,
                         )
                     )
                     for p in PREDICTIONS
@@ -546,7 +549,8 @@ class TensorFlowOnlyTest(TestCase):
         self.assertLess(float(np.abs(to_np(loose) - to_np(tight)).max()), 0.05)
         # `sample` gives the same as `solve`; other prediction types agree.
         sampled = samplers.ODESampler(rtol=1e-6, atol=1e-6).sample(
-            GMM.denoiser(schedule, "v"), noise, schedule=schedule, prediction="v"
+            GMM.denoiser(schedule, "v"), noise, schedule=schedule, prediction="v",
+            timesteps=samplers.ODESampler().timesteps(schedule, prediction="epsilon"),
         )
         self.assertAllClose(sampled, tight, atol=1e-3)
         # DPM-Solver++(3M) with many steps lands close to the ODE solution.

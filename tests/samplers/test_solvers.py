@@ -106,9 +106,10 @@ class ContractTest(TestCase):
                   PREDICTIONS)]
         for schedule, sampler_list, predictions in cases:
             for sampler in self.backend_cases(sampler_list):
+                times = sampler.timesteps(schedule, 9)  # One grid for all predictions.
                 outs = [
                     to_np(sampler.sample(GMM.denoiser(schedule, p), noise, schedule=schedule,
-                                         prediction=p, num_steps=9, seed=3))
+                                         prediction=p, timesteps=times, seed=3))
                     for p in predictions
                 ]
                 # EDM's sampler works in rho = sigma / alpha, about 1e4 at the
