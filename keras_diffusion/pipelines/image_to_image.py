@@ -192,11 +192,16 @@ def _is_symbolic(x):
 
 
 def _eager_scope():
-    """The time grid is numpy: compute it eagerly, also inside a tf.function."""
+    """The time grid is numpy: compute it eagerly, also inside a tf.function
+    or a jax.jit (where every op would otherwise be traced)."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         return tf.init_scope()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.ensure_compile_time_eval()
     return contextlib.nullcontext()
 
 
