@@ -19,7 +19,7 @@ As a reference, each pair is also sampled with DDIM from t = 1 (explicit
 `samplers.spacing.start_time` on schedules whose log-SNR(1) is about -inf.
 
 Usage:
-    nice -n 10 python benchmarks/toy2d.py [--schedules cosine,linear]
+    python benchmarks/toy2d.py [--schedules cosine,linear]
         [--predictions epsilon,v] [--merge] [--out benchmarks/results]
 
 `--merge` adds the pairs run to those already in toy2d.json (to run the grid
@@ -118,7 +118,7 @@ def meta(args):
     import tensorflow as tf
 
     return {
-        "command": "nice -n 10 python benchmarks/toy2d.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/toy2d.py " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "versions": {
             "python": platform.python_version(),
