@@ -33,6 +33,29 @@ NAN_POLICIES = ("raise", "skip")
 DEFAULT_PREDICTION = "v"
 
 
+def _check_trainable_pair(schedule, prediction):
+    """"v" and "flow" on a variance-exploding schedule are a ValueError.
+
+    With alpha = 1 their targets grow with sigma: v = eps - sigma x0 reaches
+    about 100 at the default sigma_max = 50, the flow sigma'(t) eps more. An
+    MLP trained on them with the MSE loss samples nothing like the data
+    (benchmarks/results/toy2d.md: 8-21% of samples near the ring, against
+    89-100% for "epsilon" and "x0" on the same schedule).
+    """
+    if prediction not in ("v", "flow"):
+        return
+    alpha_1, sigma_1 = (float(v) for v in ops.convert_to_numpy(
+        ops.stack(schedule.alpha_sigma(ops.convert_to_tensor(1.0)))))
+    if alpha_1 >= 1.0:
+        raise ValueError(
+            f"`prediction`={prediction!r} does not train on a variance-exploding schedule "
+            f"({type(schedule).__name__}: alpha = 1, so its targets grow with sigma, up to "
+            f"{sigma_1:g}). Use prediction='epsilon' or 'x0' (EDM: 'x0' with "
+            "EDMPreconditioning), or 'v' / 'flow' on a VP schedule ('cosine', 'linear') or "
+            "'rectified_flow'."
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class DiffusionModel(keras.Model):
     """A diffusion model: a denoiser, a noise schedule and a prediction type.
@@ -100,7 +123,11 @@ class DiffusionModel(keras.Model):
         schedule: a schedule or its name (default "cosine").
         prediction: "v" (default), "epsilon", "x0", "flow" or "score" (train
             a score model with weighting="min_snr" or "elbo": its raw target
-            -eps / sigma grows as 1 / sigma at small t).
+            -eps / sigma grows as 1 / sigma at small t). "v" and "flow"
+            on a variance-exploding schedule ("ve", "edm") are a ValueError:
+            their targets grow with sigma and do not train. Noise predictions
+            ("epsilon", "score") sample on grids that start at log-SNR -5
+            (`samplers.spacing.start_log_snr_for`).
         weighting: loss weighting: "none", "min_snr" or "elbo".
         time_distribution: "uniform", "logit_normal" or "low_discrepancy".
         num_classes: number of classes for class-conditional training (the
@@ -165,6 +192,7 @@ class DiffusionModel(keras.Model):
         super().__init__(**kwargs)
         self.schedule = schedules_lib.get(schedule)
         self.prediction = objectives.validate_prediction(prediction)
+        _check_trainable_pair(self.schedule, self.prediction)
         for name, value, valid in (
             ("weighting", weighting, objectives.WEIGHTINGS),
             ("time_distribution", time_distribution, objectives.TIME_DISTRIBUTIONS),
