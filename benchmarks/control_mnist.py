@@ -132,9 +132,10 @@ def edge_f1(generated, control):
     return 2 * precision * recall / np.maximum(precision + recall, 1e-9)
 
 
-def judge():
+def judge(translation=0.08):
+    """A small CNN; `translation`: its random shifts, a fraction of 28 px."""
     inputs = keras.Input((28, 28, 1))
-    h = keras.layers.RandomTranslation(0.08, 0.08, fill_value=-1.0)(inputs)
+    h = keras.layers.RandomTranslation(translation, translation, fill_value=-1.0)(inputs)
     h = keras.layers.Conv2D(32, 3, activation="relu", padding="same")(h)
     h = keras.layers.MaxPooling2D()(h)
     h = keras.layers.Conv2D(64, 3, activation="relu", padding="same")(h)
@@ -192,7 +193,8 @@ def main():
     control_eval = edges(x_eval)
 
     start = time.time()
-    clf = judge()
+    # Shifted digits: a judge trained on shifts as large (+1 px).
+    clf = judge(max(0.08, (args.max_shift + 1) / 28))
     clf.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
     clf.fit(x_judge / 127.5 - 1, y_judge, batch_size=64, epochs=args.judge_epochs, verbose=0)
@@ -289,7 +291,8 @@ def main():
         + (f", every digit moved by a random offset in [-{args.max_shift}, {args.max_shift}] px "
            "per axis (4 offsets per training digit)" if args.max_shift else "")
         + f"; evaluated on {args.num_eval} held-out digits, {report['sampler']}",
-        f"- judge: small CNN on 500 other held-out digits, accuracy {judge_acc:.4f} on the "
+        f"- judge: small CNN on 500 other held-out digits (random shifts up to "
+        f"{max(0.08, (args.max_shift + 1) / 28) * 28:.1f} px), accuracy {judge_acc:.4f} on the "
         "evaluated real digits",
         "",
         "| model | edge F1 (1 px) | median | judge accuracy |",
