@@ -88,11 +88,9 @@ def start_std(schedule, t_start):
     every t.)
     """
     t_start = ops.cast(t_start, "float32")
-    one = ops.convert_to_tensor(1.0, "float32")
-    sigma = schedule.alpha_sigma(t_start)[1]
-    exploding = schedule.alpha_sigma(one)[0] >= 1.0
     prior = ops.convert_to_tensor(float(schedule.prior_std), "float32")
-    return ops.where(ops.logical_and(exploding, t_start < 1.0), sigma, prior)
+    below = ops.logical_and(schedule.variance_exploding(), t_start < 1.0)
+    return ops.where(below, schedule.sigma(t_start), prior)
 
 
 def make_timesteps(

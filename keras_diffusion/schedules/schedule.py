@@ -88,6 +88,13 @@ class Schedule:
     def snr(self, t):
         return ops.exp(self.log_snr(t))
 
+    def variance_exploding(self):
+        """A bool scalar tensor: alpha(1) = 1 (VE, EDM), where x_t = x0 + sigma eps.
+
+        Ops, not a Python bool, so that it also works inside a traced function.
+        """
+        return self.alpha(_float(1.0)) >= 1.0
+
     def add_noise(self, x0, noise, t):
         """Returns x_t = alpha(t) * x0 + sigma(t) * noise, `t` of shape [batch]."""
         alpha, sigma = self.alpha_sigma(_float(t))

@@ -34,11 +34,11 @@ class NoisePredictionGridTest(TestCase):
                 3, timesteps=samplers.make_timesteps(schedule, 4, start_log_snr=other), **common
             )
             self.assertGreater(np.abs(default - moved).max(), 1e-3, msg=prediction)
-            # img2img at strength 1 runs the whole default grid.
+            # img2img at strength 1 runs the whole default grid (on JAX
+            # compiled too: the grid is computed at trace time).
             full = strength_timesteps("ddim", schedule, 1.0, num_steps=4, prediction=prediction)
             self.assertAllClose(full, grid, atol=1e-7, msg=prediction)
             self.assertAllClose(
                 model.img2img(x, strength=1.0, num_steps=4, sampler="ddim", seed=0),
                 model.img2img(x, strength=1.0, timesteps=grid, sampler="ddim", seed=0), atol=1e-6,
             )
-            # (On JAX this compiles too: the grid is computed at trace time.)

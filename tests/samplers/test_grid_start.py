@@ -76,6 +76,9 @@ class StartTimeTest(TestCase):
         self.assertAllClose(big_ve.log_snr(t0), spacing.START_LOG_SNR, atol=1e-3)
         self.assertAllClose(spacing.start_std(big_ve, t0), big_ve.alpha_sigma(t0)[1])
         self.assertAllClose(spacing.start_std(big_ve, 1.0), 1000.0)
+        for name, exploding in (("ve", True), ("edm", True), ("cosine", False),
+                                ("rectified_flow", False), ("linear", False)):
+            self.assertEqual(bool(_np(schedules.get(name).variance_exploding())), exploding)
         # VP schedules start from N(0, 1) wherever the grid starts.
         cosine = schedules.CosineSchedule()
         self.assertEqual(float(spacing.start_std(cosine, spacing.start_time(cosine))), 1.0)
