@@ -18,12 +18,18 @@ As a reference, each pair is also sampled with DDIM from t = 1 (explicit
 `timesteps = 1 - i/50`), the default grid before the grids started at
 `samplers.spacing.start_time` on schedules whose log-SNR(1) is about -inf.
 
+`--ema_momentum M` trains with `Adam(lr, use_ema=True, ema_momentum=M)`
+(Keras' EMA of the weights, which `generate` samples with) instead of the
+plain `Adam(lr)` of the issue's setup; `--name toy2d_ema` keeps its table
+apart.
+
 Usage:
     python benchmarks/toy2d.py [--schedules cosine,linear]
-        [--predictions epsilon,v] [--merge] [--out benchmarks/results]
+        [--predictions epsilon,v] [--ema_momentum 0.99] [--name toy2d]
+        [--merge] [--out benchmarks/results]
 
-`--merge` adds the pairs run to those already in toy2d.json (to run the grid
-in parts). Writes toy2d.json and toy2d.md to `--out`.
+`--merge` adds the pairs run to those already in NAME.json (to run the grid
+in parts). Writes NAME.json and NAME.md to `--out`.
 """
 
 import argparse
@@ -99,7 +105,7 @@ def run(schedule, prediction, data, gmm, args):
     except ValueError as error:  # A pair the library refuses (VE + v / flow).
         return {"schedule": schedule, "prediction": prediction, "refused": str(error),
                 "all_good": False}
-    model.compile(keras.optimizers.Adam(args.learning_rate))
+    model.compile(optimizer(args))
     dataset = (tf.data.Dataset.from_tensor_slices(data)
                .shuffle(len(data), seed=args.seed).repeat().batch(args.batch_size))
     start = time.time()
@@ -116,6 +122,19 @@ def run(schedule, prediction, data, gmm, args):
     result["ddim_from_t1"] = sample(model, gmm, args, "ddim", timesteps=old_grid)
     result["all_good"] = all(good(s) for s in result["samplers"].values())
     return result
+
+
+def optimizer(args):
+    if args.ema_momentum is None:
+        return keras.optimizers.Adam(args.learning_rate)
+    return keras.optimizers.Adam(args.learning_rate, use_ema=True,
+                                 ema_momentum=args.ema_momentum)
+
+
+def optimizer_name(args):
+    if args.ema_momentum is None:
+        return f"Adam({args.learning_rate})"
+    return f"Adam({args.learning_rate}, use_ema=True, ema_momentum={args.ema_momentum})"
 
 
 def meta(args):
@@ -135,7 +154,7 @@ def meta(args):
             "data": f"GaussianMixture.ring(num_modes={NUM_MODES}, radius={RADIUS}, std={STD}), "
                     f"{args.num_points} points (seed {args.seed})",
             "model": "DiffusionModel(MLPDenoiser(), schedule=..., prediction=...)",
-            "training": f"{args.steps} steps, Adam({args.learning_rate}), batch "
+            "training": f"{args.steps} steps, {optimizer_name(args)}, batch "
                         f"{args.batch_size}",
             "sampling": f"generate(num_images={args.num_samples}, "
                         f"num_steps={args.sampler_steps}, seed=1), default grid",
@@ -153,7 +172,8 @@ def fmt(s):
 def write_markdown(path, summary):
     m = summary["meta"]
     lines = [
-        "# toy2d: every schedule x prediction pair and every sampler, 1,500 training steps",
+        "# toy2d: every schedule x prediction pair and every sampler, "
+        + m["setup"]["training"].split(", batch")[0],
         "",
         f"Command: `{m['command']}` (the grid in parts with `--merge`; see below)",
         "",
@@ -204,14 +224,17 @@ def main():
     parser.add_argument("--num_points", type=int, default=20000)
     parser.add_argument("--num_samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ema_momentum", type=float, default=None,
+                        help="train with Keras' EMA of the weights at this momentum")
+    parser.add_argument("--name", default="toy2d", help="stem of the result files")
     parser.add_argument("--merge", action="store_true",
-                        help="add to the pairs already in toy2d.json")
-    parser.add_argument("--notes", default=None, help="a text file appended to toy2d.md")
+                        help="add to the pairs already in NAME.json")
+    parser.add_argument("--notes", default=None, help="a text file appended to NAME.md")
     parser.add_argument("--replot", action="store_true", help="rewrite toy2d.md from the json")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, "toy2d.json")
+    json_path = os.path.join(args.out, args.name + ".json")
     previous = []
     if args.merge or args.replot:
         if os.path.exists(json_path):
@@ -224,7 +247,7 @@ def main():
                     saved["notes"] = open(args.notes).read()
                 with open(json_path, "w") as f:
                     json.dump(saved, f, indent=1)
-                write_markdown(os.path.join(args.out, "toy2d.md"), saved)
+                write_markdown(json_path[: -len(".json")] + ".md", saved)
                 return
 
     gmm = GaussianMixture.ring(num_modes=NUM_MODES, radius=RADIUS, std=STD)
@@ -250,7 +273,7 @@ def write_results(json_path, args, previous, new):
         summary["notes"] = open(args.notes).read()
     with open(json_path, "w") as f:
         json.dump(summary, f, indent=1)
-    write_markdown(os.path.join(args.out, "toy2d.md"), summary)
+    write_markdown(json_path[: -len(".json")] + ".md", summary)
 
 
 if __name__ == "__main__":
