@@ -105,7 +105,7 @@ def run(schedule, prediction, data, gmm, args):
     except ValueError as error:  # A pair the library refuses (VE + v / flow).
         return {"schedule": schedule, "prediction": prediction, "refused": str(error),
                 "all_good": False}
-    model.compile(optimizer(args))
+    model.compile(keras.optimizers.Adam(args.learning_rate, **ema_arguments(args)))
     dataset = (tf.data.Dataset.from_tensor_slices(data)
                .shuffle(len(data), seed=args.seed).repeat().batch(args.batch_size))
     start = time.time()
@@ -124,17 +124,10 @@ def run(schedule, prediction, data, gmm, args):
     return result
 
 
-def optimizer(args):
+def ema_arguments(args):
     if args.ema_momentum is None:
-        return keras.optimizers.Adam(args.learning_rate)
-    return keras.optimizers.Adam(args.learning_rate, use_ema=True,
-                                 ema_momentum=args.ema_momentum)
-
-
-def optimizer_name(args):
-    if args.ema_momentum is None:
-        return f"Adam({args.learning_rate})"
-    return f"Adam({args.learning_rate}, use_ema=True, ema_momentum={args.ema_momentum})"
+        return {}
+    return {"use_ema": True, "ema_momentum": args.ema_momentum}
 
 
 def meta(args):
@@ -154,8 +147,9 @@ def meta(args):
             "data": f"GaussianMixture.ring(num_modes={NUM_MODES}, radius={RADIUS}, std={STD}), "
                     f"{args.num_points} points (seed {args.seed})",
             "model": "DiffusionModel(MLPDenoiser(), schedule=..., prediction=...)",
-            "training": f"{args.steps} steps, {optimizer_name(args)}, batch "
-                        f"{args.batch_size}",
+            "training": f"{args.steps} steps, Adam({args.learning_rate}"
+                        + "".join(f", {k}={v}" for k, v in ema_arguments(args).items())
+                        + f"), batch {args.batch_size}",
             "sampling": f"generate(num_images={args.num_samples}, "
                         f"num_steps={args.sampler_steps}, seed=1), default grid",
             "near": f"fraction within {3 * STD:.1f} of the ring |x| = {RADIUS}",
@@ -173,7 +167,7 @@ def write_markdown(path, summary):
     m = summary["meta"]
     lines = [
         "# toy2d: every schedule x prediction pair and every sampler, "
-        + m["setup"]["training"].split(", batch")[0],
+        + m["setup"]["training"],
         "",
         f"Command: `{m['command']}` (the grid in parts with `--merge`; see below)",
         "",
@@ -230,11 +224,12 @@ def main():
     parser.add_argument("--merge", action="store_true",
                         help="add to the pairs already in NAME.json")
     parser.add_argument("--notes", default=None, help="a text file appended to NAME.md")
-    parser.add_argument("--replot", action="store_true", help="rewrite toy2d.md from the json")
+    parser.add_argument("--replot", action="store_true", help="rewrite NAME.md from the json")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    json_path = os.path.join(args.out, args.name + ".json")
+    stem = os.path.join(args.out, args.name)
+    json_path = stem + ".json"
     previous = []
     if args.merge or args.replot:
         if os.path.exists(json_path):
@@ -247,7 +242,7 @@ def main():
                     saved["notes"] = open(args.notes).read()
                 with open(json_path, "w") as f:
                     json.dump(saved, f, indent=1)
-                write_markdown(json_path[: -len(".json")] + ".md", saved)
+                write_markdown(stem + ".md", saved)
                 return
 
     gmm = GaussianMixture.ring(num_modes=NUM_MODES, radius=RADIUS, std=STD)
@@ -259,10 +254,10 @@ def main():
             print(json.dumps(result), flush=True)
             new.append(result)
             # Written after every pair: a long grid stopped midway keeps its rows.
-            write_results(json_path, args, previous, new)
+            write_results(stem, args, previous, new)
 
 
-def write_results(json_path, args, previous, new):
+def write_results(stem, args, previous, new):
     done = {(r["schedule"], r["prediction"]) for r in new}
     results = [r for r in previous if (r["schedule"], r["prediction"]) not in done] + new
     order = {(s, p): i for i, (s, p) in enumerate(
@@ -271,9 +266,9 @@ def write_results(json_path, args, previous, new):
     summary = {"benchmark": "toy2d", "meta": meta(args), "results": results}
     if args.notes:
         summary["notes"] = open(args.notes).read()
-    with open(json_path, "w") as f:
+    with open(stem + ".json", "w") as f:
         json.dump(summary, f, indent=1)
-    write_markdown(json_path[: -len(".json")] + ".md", summary)
+    write_markdown(stem + ".md", summary)
 
 
 if __name__ == "__main__":
