@@ -320,12 +320,7 @@ class Denoiser(keras.Model):
                         if isinstance(sub, keras.layers.Dense) and sub.name in names:
                             targets.append(sub)
         elif target == "all":
-            kinds = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv2D)
-            targets = [
-                layer
-                for layer in self._flatten_layers(include_self=False)
-                if isinstance(layer, kinds)
-            ]
+            targets = dense_and_conv_layers(self)
         else:
             raise ValueError(
                 f"`target` must be 'attention' or 'all', received target={target!r}"
@@ -341,6 +336,9 @@ class Denoiser(keras.Model):
         Args:
             rank: the LoRA rank.
             target: "attention" or "all".
+
+        Returns:
+            The list of layers LoRA was enabled on.
         """
         if not self.built:
             raise ValueError(
@@ -359,6 +357,7 @@ class Denoiser(keras.Model):
         for v in self.weights:
             if "lora_kernel" not in v.path:
                 v.trainable = False
+        return targets
 
     def _maybe_restore_lora(self):
         if self.lora_rank:
@@ -367,6 +366,16 @@ class Denoiser(keras.Model):
 
     def _base_config(self):
         return {"lora_rank": self.lora_rank, "lora_target": self.lora_target}
+
+
+def dense_and_conv_layers(model):
+    """Every Dense, EinsumDense and Conv2D layer inside `model` (LoRA "all")."""
+    kinds = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv2D)
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, kinds)
+    ]
 
 
 def _shape(shape):

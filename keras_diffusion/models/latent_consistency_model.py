@@ -126,8 +126,14 @@ class LatentConsistencyModel(ConsistencyModel, LatentDiffusionModel):
                 at zero, so the student starts as the teacher).
             lora_rank: LCM-LoRA: enable LoRA of this rank on the copy
                 (everything else frozen); needs `guidance_embedding=False`.
-            lora_target: "all" (every Dense and Conv, as LCM-LoRA) or
-                "attention".
+            lora_target: which layers get LoRA, passed to the network's
+                `enable_lora`: "all" (every Dense and Conv, as LCM-LoRA) or
+                "attention" (the attention projections). On the Stable
+                Diffusion bridge's `StableDiffusionDenoiser`, "all" is
+                every Dense and Conv2D of keras-cv's UNet (184 and 98) and
+                "attention" its 128 `to_q` / `to_k` / `to_v` / `out_proj`
+                layers; "all" needs about another UNet's memory or more to
+                train (Keras' LoRA materializes each full kernel).
             **kwargs: constructor arguments (`guidance_range`, ...).
         """
         if not isinstance(teacher, LatentDiffusionModel):

@@ -23,11 +23,25 @@ contracts:
   tokenized with keras-cv's `SimpleTokenizer` (Python, outside the graph),
   padded with the end-of-text token to `max_length` (77 for SD);
   prompts with more tokens raise a `ValueError`.
-- `enable_lora(model, rank)`: LoRA through Keras' own `Dense.enable_lora` on
-  the attention projections (UNet: `to_q`, `to_k`, `to_v`, `out_proj` of
-  every cross/self-attention; CLIP: `q_proj`, `k_proj`, `v_proj`,
-  `out_proj`); every other variable is frozen, so `fit` trains the LoRA
-  factors only.
+- `enable_lora(model, rank, targets)` (and the denoiser's
+  `enable_lora(rank, target)`, the text encoder's `enable_lora(rank,
+  targets)`): LoRA through Keras' own `layer.enable_lora` on `targets`:
+  "attention" (the default) is the attention projections (UNet: `to_q`,
+  `to_k`, `to_v`, `out_proj` of every cross/self-attention, 128 `Dense`
+  layers; CLIP: `q_proj`, `k_proj`, `v_proj`, `out_proj`); "all" is every
+  `Dense` and `Conv2D` (UNet: 184 and 98, LCM-LoRA's choice); a tuple names
+  the projections' attributes. Every other variable is frozen, so `fit`
+  trains the LoRA factors only. The denoiser keeps `lora_rank` /
+  `lora_target` in its config, so a saved model gets its factors back.
+- LCM-LoRA: `LatentConsistencyModel.from_teacher(teacher, guidance_embedding=False,
+  lora_rank=4, lora_target="all" | "attention", guidance_range=w)` on a
+  `LatentDiffusionModel` teacher whose denoiser is a `StableDiffusionDenoiser`
+  copies the UNet (another 3.4 GB) and trains only its LoRA factors. Keras'
+  LoRA adds `a @ b` to the full kernel at each call, and the training step
+  keeps these kernels for the backward pass: with "all" that is about
+  another UNet's worth of memory or more per step (on a CPU, 64x64 images,
+  teacher and student: 13.8 GB peak as a tf.function, more with
+  `run_eagerly=True`; about 9.7 GB for "attention" run eagerly).
 
 **Real weights.** With network access, pass `download_weights=True` (the
 default of keras-cv): keras-cv fetches the SD 1.4 weights converted by
@@ -48,6 +62,9 @@ text = sd.StableDiffusionTextEncoder(bpe_path="bpe_simple_vocab_16e6.txt.gz",
 unet = sd.StableDiffusionDenoiser(512, 512, download_weights=True)
 vae = sd.StableDiffusionVAE(512, 512, download_weights=True)
 sd.enable_lora(unet, rank=4)               # fine-tune only LoRA factors
+# or, as LCM-LoRA (teacher: a LatentDiffusionModel with this unet and vae):
+# lcm = LatentConsistencyModel.from_teacher(teacher, guidance_embedding=False,
+#                                           lora_rank=4, guidance_range=7.5)
 ```
 
 Everything here needs TensorFlow and keras-cv; they are imported when an
@@ -60,6 +77,7 @@ import keras
 from keras import ops
 
 from keras_diffusion.models.denoiser import Denoiser
+from keras_diffusion.models.denoiser import dense_and_conv_layers
 
 SCALING_FACTOR = 0.18215
 NUM_TRAIN_TIMESTEPS = 1000
@@ -99,41 +117,80 @@ def _all_layers(model):
     return model._flatten_layers(include_self=False, recursive=True)
 
 
-def enable_lora(model, rank, targets=None, freeze_others=True):
-    """LoRA on the attention projections of a keras-cv SD part, via Keras.
+def _lora_layers(model, targets, attention, argument="targets"):
+    """The layers of `model` that `targets` names (see `enable_lora`);
+    `attention`: the attribute names "attention" stands for; `argument`: the
+    name of the caller's argument, for the error."""
+    if targets is None or (isinstance(targets, str) and targets == "attention"):
+        targets = attention
+    if isinstance(targets, str) and targets == "all":
+        return dense_and_conv_layers(model)
+    if isinstance(targets, str) or not isinstance(targets, (tuple, list)) or not targets or (
+        not all(isinstance(name, str) and name for name in targets)
+    ):
+        raise ValueError(
+            f"`{argument}` must be 'attention', 'all' or a non-empty tuple of attribute "
+            f"names of the projections (e.g. {UNET_LORA_TARGETS}), received "
+            f"{argument}={targets!r}"
+        )
+    layers = []
+    for layer in _all_layers(model):
+        for name in targets:
+            dense = getattr(layer, name, None)
+            if isinstance(dense, keras.layers.Dense) and dense not in layers:
+                layers.append(dense)
+    return layers
 
-    Calls `layer.enable_lora(rank)` on every `Dense` that a layer holds under
-    one of the attribute names in `targets`, after freezing every variable of
-    `model` (`freeze_others=True`), so that only the LoRA factors train.
+
+def enable_lora(model, rank, targets=None, freeze_others=True):
+    """LoRA on the layers of a keras-cv SD part, via Keras' `enable_lora`.
+
+    Calls `layer.enable_lora(rank)` (Keras' own LoRA: `lora_kernel_a`,
+    `lora_kernel_b`, the second zero-initialized, so the output is unchanged
+    until training) on the layers `targets` names, after freezing every
+    variable of `model` (`freeze_others=True`), so that only the LoRA
+    factors train. Layers that already have LoRA are left as they are.
 
     Args:
         model: a `StableDiffusionDenoiser`, `StableDiffusionTextEncoder`, or
             any Keras model made of keras-cv SD layers.
         rank: the LoRA rank (a positive integer).
-        targets: attribute names of the projections (default: both the UNet's
-            and CLIP's attention projections).
-        freeze_others: whether to freeze all non-LoRA variables.
+        targets: "attention" (or None, the default): the attention
+            projections, the UNet's (`to_q`, `to_k`, `to_v`, `out_proj` of
+            every self- and cross-attention) and CLIP's (`q_proj`, `k_proj`,
+            `v_proj`, `out_proj`); "all": every `Dense`, `EinsumDense` and
+            `Conv2D` of `model` (LCM-LoRA's choice; on the UNet also the
+            convolutions of the ResBlocks, up/downsamplers, the input and
+            output convolutions, the transformers' `proj1`/`proj2`, GEGLU and
+            feed-forward layers and the time embedding); or a tuple of
+            attribute names: every `Dense` a layer holds under one of them.
+        freeze_others: whether to freeze all non-LoRA variables (LoRA
+            factors of an earlier call keep training).
 
     Returns:
         The list of layers LoRA was enabled on.
     """
-    if int(rank) < 1:
+    if isinstance(rank, bool) or int(rank) != rank or int(rank) < 1:
         raise ValueError(f"`rank` must be a positive integer, received rank={rank}")
-    targets = tuple(targets or (UNET_LORA_TARGETS + CLIP_LORA_TARGETS))
+    layers = _lora_layers(model, targets, UNET_LORA_TARGETS + CLIP_LORA_TARGETS)
+    if not layers:
+        raise ValueError(
+            f"No layer for LoRA targets={targets!r} was found in {model.name}; nothing "
+            "to enable LoRA on"
+        )
     if freeze_others:
         for variable in model.weights:
-            variable.trainable = False
+            if "lora_kernel" not in variable.path:
+                variable.trainable = False
     enabled = []
-    for layer in _all_layers(model):
-        for name in targets:
-            dense = getattr(layer, name, None)
-            if isinstance(dense, keras.layers.Dense) and not dense.lora_enabled:
-                dense.enable_lora(int(rank))
-                enabled.append(dense)
+    for layer in layers:
+        if not layer.lora_enabled:
+            layer.enable_lora(int(rank))
+            enabled.append(layer)
     if not enabled:
         raise ValueError(
-            f"No attention projection named {list(targets)} was found in "
-            f"{model.name}; nothing to enable LoRA on"
+            f"LoRA is already enabled on every layer of {model.name} that "
+            f"targets={targets!r} names"
         )
     return enabled
 
@@ -157,6 +214,13 @@ class StableDiffusionDenoiser(Denoiser):
             the latent is 8 times smaller.
         max_text_length: context length L (77 for SD's CLIP).
         download_weights: fetch keras-cv's pretrained weights (needs network).
+        lora_rank, lora_target: set by `enable_lora(rank, target)` (the
+            `Denoiser` method) and kept in `get_config`, so that a saved
+            model gets its LoRA factors back on load. `target`: "attention"
+            (the `to_q`, `to_k`, `to_v`, `out_proj` of the 16 transformers'
+            self- and cross-attention, 128 `Dense` layers), "all" (every
+            `Dense` and `Conv2D` of the UNet, 184 and 98: LCM-LoRA's choice)
+            or a tuple of attribute names (as the module's `enable_lora`).
         **kwargs: base model arguments.
 
     Example:
@@ -170,7 +234,7 @@ class StableDiffusionDenoiser(Denoiser):
     context_dim = 768
 
     def __init__(self, image_height=512, image_width=512, max_text_length=77,
-                 download_weights=False, **kwargs):
+                 download_weights=False, lora_rank=None, lora_target="attention", **kwargs):
         super().__init__(**kwargs)
         for name, value in (("image_height", image_height), ("image_width", image_width)):
             if int(value) <= 0 or int(value) % 8:
@@ -187,6 +251,11 @@ class StableDiffusionDenoiser(Denoiser):
             self.max_text_length,
             download_weights=self.download_weights,
         )
+        # keras-cv's UNet is built when made: LoRA of a saved model (its
+        # config's lora_rank / lora_target) is restored before its weights load.
+        self.built = True
+        self.lora_rank, self.lora_target = lora_rank, lora_target
+        self._maybe_restore_lora()
 
     @property
     def latent_shape(self):
@@ -198,9 +267,6 @@ class StableDiffusionDenoiser(Denoiser):
         from keras_diffusion.schedules import ScaledLinearSchedule
 
         return ScaledLinearSchedule()
-
-    def build(self, input_shape=None):
-        self.built = True
 
     def call(self, inputs, training=None):
         self.check_inputs(inputs)
@@ -222,9 +288,9 @@ class StableDiffusionDenoiser(Denoiser):
         emb = sd_timestep_embedding(t)
         return self.unet([x_t, emb, context], training=training)
 
-    def enable_lora(self, rank, targets=UNET_LORA_TARGETS):
-        """LoRA on the UNet's attention projections; freezes everything else."""
-        return enable_lora(self, rank, targets)
+    def _lora_targets(self, target):
+        # Denoiser.enable_lora(rank, target) enables LoRA on these layers.
+        return _lora_layers(self, target, UNET_LORA_TARGETS, argument="target")
 
     def get_config(self):
         config = super().get_config()
@@ -235,6 +301,7 @@ class StableDiffusionDenoiser(Denoiser):
                 "max_text_length": self.max_text_length,
                 # A saved model carries its weights: do not download on load.
                 "download_weights": False,
+                **self._base_config(),
             }
         )
         return config
@@ -273,9 +340,6 @@ class StableDiffusionVAE(keras.Model):
     def latent_shape(self, image_shape=None):
         h, w = (image_shape or (self.image_height, self.image_width))[:2]
         return (h // 8, w // 8, 4)
-
-    def build(self, input_shape=None):
-        self.built = True
 
     def encode_moments(self, images):
         """`(mean, logvar)` of the posterior (unscaled), logvar clipped to [-30, 20]."""
@@ -392,9 +456,6 @@ class StableDiffusionTextEncoder(keras.Model):
             rows.append(ids + [end] * (self.max_length - len(ids)))
         return np.asarray(rows, dtype="int32")
 
-    def build(self, input_shape=None):
-        self.built = True
-
     def encode(self, prompts):
         """`{"context": (B, L, 768), "pooled": (B, 768)}` of prompts or ids."""
         if isinstance(prompts, str) or (
@@ -426,8 +487,17 @@ class StableDiffusionTextEncoder(keras.Model):
         )
         return self.encoder([ops.cast(token_ids, "int32"), positions], training=training)
 
-    def enable_lora(self, rank, targets=CLIP_LORA_TARGETS):
-        """LoRA on CLIP's attention projections; freezes everything else."""
+    def enable_lora(self, rank, targets="attention"):
+        """LoRA on CLIP's layers; freezes everything else.
+
+        Args:
+            rank: the LoRA rank (a positive integer).
+            targets: "attention" (the default): `q_proj`, `k_proj`,
+                `v_proj`, `out_proj` of every layer; "all": every `Dense`;
+                or a tuple of attribute names (see `enable_lora`).
+        """
+        if targets is None or (isinstance(targets, str) and targets == "attention"):
+            targets = CLIP_LORA_TARGETS
         return enable_lora(self, rank, targets)
 
     def get_config(self):
