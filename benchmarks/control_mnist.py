@@ -207,10 +207,9 @@ def main():
     model = DiffusionModel(
         ControlledUNet(base.denoiser, control_channels=1), schedule=base.schedule,
         prediction=base.prediction, num_classes=base.num_classes, condition_dropout=0.1,
-        image_shape=base.image_shape, seed=args.seed,
+        image_shape=base.image_shape, seed=args.seed, ema_decay=0.99,
     )
-    model.compile(keras.optimizers.AdamW(args.learning_rate, weight_decay=0.0, clipnorm=1.0,
-                                         use_ema=True, ema_momentum=0.99))
+    model.compile(keras.optimizers.AdamW(args.learning_rate, weight_decay=0.0, clipnorm=1.0))
     trainable = int(sum(np.prod(v.shape) for v in model.trainable_variables)) if model.built \
         else None
     data = {"images": x_train, "control": control_train, "labels": y_train}

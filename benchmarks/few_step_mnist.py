@@ -121,12 +121,12 @@ def main():
         network, schedule=teacher.schedule, teacher=teacher, solver=args.solver,
         guidance_scale=args.guidance, num_timesteps=args.num_timesteps, num_classes=10,
         image_shape=tuple(teacher.image_shape),
-        seed=args.seed,
+        seed=args.seed, ema_decay=0.99,
     )
     # Before training: the initialization (the teacher's x0 at one step).
     samples, rate = timed_generate(student, labels, num_steps=1)
     score("student before CD", 1, samples, rate, "teacher weights, no training")
-    student.compile(keras.optimizers.Adam(args.learning_rate, use_ema=True, ema_momentum=0.99))
+    student.compile(keras.optimizers.Adam(args.learning_rate))
     load_before = os.getloadavg()[0]
     start = time.time()
     history = student.fit(x_train, y_train, batch_size=args.batch_size, epochs=1000,

@@ -184,15 +184,14 @@ def main():
         num_groups=8,
         num_classes=10,
     )
-    model = DiffusionModel(unet, schedule="cosine", prediction="v", seed=args.seed)
+    model = DiffusionModel(unet, schedule="cosine", prediction="v", seed=args.seed,
+                           ema_decay=args.ema_momentum)
     keras.config.set_dtype_policy("float32")
     model.compile(
         keras.optimizers.AdamW(
             args.learning_rate,
             weight_decay=0.0,
             clipnorm=1.0,
-            use_ema=True,
-            ema_momentum=args.ema_momentum,
         )
     )
     load = LoadMonitor()

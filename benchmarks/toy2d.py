@@ -18,14 +18,17 @@ As a reference, each pair is also sampled with DDIM from t = 1 (explicit
 `timesteps = 1 - i/50`), the default grid before the grids started at
 `samplers.spacing.start_time` on schedules whose log-SNR(1) is about -inf.
 
-`--ema_momentum M` trains with `Adam(lr, use_ema=True, ema_momentum=M)`
+`DiffusionModel` keeps its own average of the weights (`ema_decay`, 0.999
+after a warm-up, by default), which `generate` samples with; `--ema_decay
+none` turns it off, `--ema_decay D` sets it. `--ema_momentum M` trains with `Adam(lr, use_ema=True, ema_momentum=M)`
 (Keras' EMA of the weights, which `generate` samples with) instead of the
 plain `Adam(lr)` of the issue's setup; `--name toy2d_ema` keeps its table
 apart.
 
 Usage:
     python benchmarks/toy2d.py [--schedules cosine,linear]
-        [--predictions epsilon,v] [--ema_momentum 0.99] [--name toy2d]
+        [--predictions epsilon,v] [--ema_decay none] [--ema_momentum 0.99]
+        [--name toy2d]
         [--merge] [--out benchmarks/results]
 
 `--merge` adds the pairs run to those already in NAME.json (to run the grid
@@ -101,7 +104,7 @@ def run(schedule, prediction, data, gmm, args):
     keras.utils.set_random_seed(args.seed)
     try:
         model = DiffusionModel(MLPDenoiser(), schedule=schedule, prediction=prediction,
-                               seed=args.seed)
+                               seed=args.seed, **model_ema_arguments(args))
     except ValueError as error:  # A pair the library refuses (VE + v / flow).
         return {"schedule": schedule, "prediction": prediction, "refused": str(error),
                 "all_good": False}
@@ -122,6 +125,13 @@ def run(schedule, prediction, data, gmm, args):
     result["ddim_from_t1"] = sample(model, gmm, args, "ddim", timesteps=old_grid)
     result["all_good"] = all(good(s) for s in result["samplers"].values())
     return result
+
+
+def model_ema_arguments(args):
+    """`DiffusionModel`'s `ema_decay`: its default unless `--ema_decay` is given."""
+    if args.ema_decay is None:
+        return {}
+    return {"ema_decay": None if args.ema_decay == "none" else float(args.ema_decay)}
 
 
 def ema_arguments(args):
@@ -146,7 +156,9 @@ def meta(args):
         "setup": {
             "data": f"GaussianMixture.ring(num_modes={NUM_MODES}, radius={RADIUS}, std={STD}), "
                     f"{args.num_points} points (seed {args.seed})",
-            "model": "DiffusionModel(MLPDenoiser(), schedule=..., prediction=...)",
+            "model": "DiffusionModel(MLPDenoiser(), schedule=..., prediction=..."
+                     + "".join(f", {k}={v}" for k, v in model_ema_arguments(args).items())
+                     + ")",
             "training": f"{args.steps} steps, Adam({args.learning_rate}"
                         + "".join(f", {k}={v}" for k, v in ema_arguments(args).items())
                         + f"), batch {args.batch_size}",
@@ -220,6 +232,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema_momentum", type=float, default=None,
                         help="train with Keras' EMA of the weights at this momentum")
+    parser.add_argument("--ema_decay", default=None,
+                        help="DiffusionModel's ema_decay (a number, or 'none'; default: "
+                             "the library's default)")
     parser.add_argument("--name", default="toy2d", help="stem of the result files")
     parser.add_argument("--merge", action="store_true",
                         help="add to the pairs already in NAME.json")

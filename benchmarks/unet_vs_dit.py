@@ -149,14 +149,14 @@ def run_one(name, args, data, judge, budget_flops=None, max_seconds=None):
              "labels": np.zeros((1,), "int32")})
     forward_flops, step_flops = train_flops_per_image(network)
     flops_per_step = step_flops * args.batch_size
-    model = DiffusionModel(network, schedule="cosine", prediction="v", seed=args.seed)
+    model = DiffusionModel(network, schedule="cosine", prediction="v", seed=args.seed,
+                           ema_decay=args.ema_momentum)
     if warmup:
         learning_rate = keras.optimizers.schedules.CosineDecay(
             0.0, decay_steps=1, alpha=1.0, warmup_target=lr, warmup_steps=warmup)
     else:
         learning_rate = lr
-    model.compile(keras.optimizers.AdamW(learning_rate, weight_decay=0.0, clipnorm=1.0,
-                                         use_ema=True, ema_momentum=args.ema_momentum))
+    model.compile(keras.optimizers.AdamW(learning_rate, weight_decay=0.0, clipnorm=1.0))
     if budget_flops is None:  # the UNet of the size: its wall time sets the budget
         max_steps, max_seconds = 10**9, 60 * args.unet_minutes
     else:

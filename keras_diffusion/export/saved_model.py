@@ -80,8 +80,9 @@ def export_saved_model(
     range, ...) make the request fail with an `InvalidArgumentError` that
     names the input and its value.
 
-    The optimizer's EMA weights are exported when it keeps them (and
-    `use_ema`); the model's own weights are unchanged afterwards. Weights are
+    The average weights are exported when kept (the model's `ema`, else the
+    optimizer's EMA; and `use_ema`); the model's own weights are unchanged
+    afterwards. Weights are
     saved as variables (under `path/variables/`), never as graph constants.
 
     Args:
@@ -93,7 +94,7 @@ def export_saved_model(
         overwrite: replace `path` if it exists (otherwise a
             `FileExistsError`).
         spacing: the sampler's time grid ("uniform" when None).
-        use_ema: export the EMA weights when the optimizer keeps them.
+        use_ema: export the average weights when kept.
         clip: clip the output to [-1, 1]; default as `generate` (True for
             images).
         clip_denoised: clip the sampler's x0 estimates to [-1, 1] at every

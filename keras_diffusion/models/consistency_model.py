@@ -9,11 +9,11 @@ from keras_diffusion.models.consistency_parameterization import ConsistencyParam
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.distillation import SOLVERS
 from keras_diffusion.models.distillation import Teacher
-from keras_diffusion.models.distillation import Untracked
 from keras_diffusion.models.distillation import mean_squared
 from keras_diffusion.models.distillation import ode_step
 from keras_diffusion.models.distillation import pseudo_huber
 from keras_diffusion.samplers.spacing import grid_time
+from keras_diffusion.utils.untracked import Untracked
 
 DISTANCES = ("l2", "pseudo_huber")
 LOSS_WEIGHTINGS = ("none", "ict")
@@ -253,10 +253,15 @@ class ConsistencyModel(DiffusionModel):
         if self.teacher is not None:
             self.teacher.check_student(self.image_shape, self.num_classes, self.context_shape)
         if self.target_ema_decay > 0 and not self.target_variables:
-            self.target_variables = [
-                keras.Variable(ops.copy(v.value), trainable=False, name=f"target_{i}")
-                for i, v in enumerate(self.denoiser.trainable_variables)
-            ]
+            targets = []
+            for i, v in enumerate(self.denoiser.trainable_variables):
+                target = keras.Variable(ops.copy(v.value), trainable=False, name=f"target_{i}")
+                # An attribute each: tf.train.Checkpoint (the training
+                # script's resume) tracks variables held in attributes, not
+                # in Keras' tracked lists.
+                setattr(self, f"target_{i}", target)
+                targets.append(target)
+            self.target_variables = targets
 
     # --- the grid ---------------------------------------------------------------
     def _num_points(self):

@@ -25,6 +25,7 @@ from keras_diffusion.utils.fitting import without_shuffle_warning
 from keras_diffusion.utils.tensorflow_ops import ReplicaSeed
 from keras_diffusion.utils.tensorflow_ops import has_accelerator
 from keras_diffusion.utils.tensorflow_ops import string_tensor
+from keras_diffusion.utils.weight_average import WeightAverage
 
 NAN_POLICIES = ("raise", "skip")
 # "v" is well conditioned at every noise level: its x0 = alpha x_t - sigma v
@@ -94,16 +95,29 @@ class DiffusionModel(keras.Model):
     contexts are replaced by the null condition with probability
     `condition_dropout` (classifier-free guidance training). `fit` works on
     the TensorFlow backend (tf.distribute, XLA on GPU/TPU) and on JAX (a
-    stateless JAX step sharing the same loss). Optimizer features come from
-    Keras: EMA with `use_ema=True` (used by `generate` and `export`; for
-    runs of more than a few hundred steps train with it: the last weights of
-    a constant-learning-rate run are noisy, and on the toy2d benchmark 6 of
-    18 schedule x prediction pairs blur or lose a mode without it, 1 with
-    `ema_momentum=0.99`; Keras' EMA has no warm-up, so in a short run it
-    still holds the initial weights, 0.99^n of them after n steps),
-    `gradient_accumulation_steps`, `clipnorm`, mixed precision
-    (`optimizer.scale_loss`), and `jit_compile` from `compile()` (default:
-    XLA on GPU/TPU only; on CPU oneDNN is faster for convolutions).
+    stateless JAX step sharing the same loss).
+
+    **Weight average.** The model keeps an exponential moving average of
+    its trainable weights (`model.ema`, a `WeightAverage` from
+    `keras_diffusion.utils.weight_average`), updated after each optimizer
+    step with decay min(`ema_decay`, n / (n + 9)) at the n-th step: the
+    first step copies the weights, a short run averages about its last
+    tenth, a long one its last 1 / (1 - `ema_decay`) steps. `generate`,
+    `img2img`, `inpaint` and `export` use it once it has been updated
+    (`use_ema=False`: the last weights). The last weights of a
+    constant-learning-rate run are noisy, and the samples carry that
+    noise: on the toy2d benchmark (1,500 Adam steps)
+    17 of the 18 schedule x prediction pairs meet the goal with every
+    sampler with the average, 12 without (`benchmarks/results/toy2d*.md`).
+    It is saved with the model (`.keras`, checkpoints); `ema_decay=None`
+    turns it off (files saved before it existed load without one).
+
+    Optimizer features come from Keras: `gradient_accumulation_steps` (the
+    average moves only on the steps that apply), `clipnorm`, mixed precision
+    (`optimizer.scale_loss`), the optimizer's own EMA (`use_ema=True`; the
+    model's average is used first when both are kept), and `jit_compile`
+    from `compile()` (default: XLA on GPU/TPU only; on CPU oneDNN is faster
+    for convolutions).
 
     **Metrics.** `loss` and `loss_q1` ... `loss_q4`: the loss of the examples
     whose t falls in each quartile of [0, 1] (q1: t < 0.25, the least noisy),
@@ -113,7 +127,7 @@ class DiffusionModel(keras.Model):
 
     **Sampling.** `generate`, `img2img` and `inpaint` run through one
     `pipelines.GenerationRunner` (compiled once per signature) with the
-    optimizer's EMA weights passed as values: the model is never mutated, and
+    average weights passed as values: the model is never mutated, and
     concurrent calls are safe. `export` writes one SavedModel for TF Serving.
 
     Args:
@@ -155,6 +169,8 @@ class DiffusionModel(keras.Model):
             multiple of 4).
         seed: seed of the training randomness (times, noise, dropout of the
             condition).
+        ema_decay: the decay of the weight average after its warm-up, in
+            [0, 1) (default 0.999), or None for no average.
         **kwargs: `keras.Model` arguments.
 
     Example:
@@ -189,6 +205,7 @@ class DiffusionModel(keras.Model):
         nan_policy="raise",
         num_eval_times=8,
         seed=None,
+        ema_decay=0.999,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -208,6 +225,10 @@ class DiffusionModel(keras.Model):
             raise ValueError(
                 "`condition_dropout` must be in [0, 1], received "
                 f"condition_dropout={condition_dropout}"
+            )
+        if ema_decay is not None and not 0.0 <= float(ema_decay) < 1.0:
+            raise ValueError(
+                f"`ema_decay` must be in [0, 1) or None, received ema_decay={ema_decay!r}"
             )
         if int(num_eval_times) < 4 or int(num_eval_times) % 4:
             raise ValueError(
@@ -244,6 +265,8 @@ class DiffusionModel(keras.Model):
         self.nan_policy = nan_policy
         self.num_eval_times = int(num_eval_times)
         self.seed = seed
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.ema = None
         self.codec = PixelCodec()
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -407,6 +430,22 @@ class DiffusionModel(keras.Model):
                 **self._null_condition(1),
             }
         )
+        # A network made with trainable=False (a frozen one, loaded from its
+        # config) gets the flag before its sublayers exist, whose variables
+        # are then trainable: freeze them again. (Through True: on
+        # TensorFlow, setting an attribute to the value it has is skipped.)
+        for layer in self._flatten_layers(include_self=False, recursive=False):
+            if not layer.trainable:
+                layer.trainable = True
+                layer.trainable = False
+        if self.ema_decay and self.ema is None:
+            # The trainable weights (Keras' rules: a frozen layer's are not,
+            # whatever its variables say) that generation reads.
+            generation = {id(v) for v in self._generation_variables()}
+            self.ema = WeightAverage(
+                [v for v in self.trainable_variables if id(v) in generation],
+                self.ema_decay, name="ema",
+            )
         self.built = True
         self._runner = None
 
@@ -516,10 +555,9 @@ class DiffusionModel(keras.Model):
         Args:
             optimizer: an optimizer, or "auto" for
                 `AdamW(learning_rate=2e-4, weight_decay=0.01, clipnorm=1.0)`.
-                Use `use_ema=True`, `gradient_accumulation_steps` and
-                `clipnorm` of Keras optimizers for those features
-                (`use_ema=True` for any run of more than a few hundred
-                steps: `generate` and `export` then sample the average).
+                Use `gradient_accumulation_steps` and `clipnorm` of Keras
+                optimizers for those features (the model keeps its own
+                weight average, see `ema_decay`).
             loss, metrics: must be None (the model defines its loss and
                 metrics).
             jit_compile: "auto" uses XLA when a GPU or TPU is visible on
@@ -614,7 +652,7 @@ class DiffusionModel(keras.Model):
         would delete the EMA values with them. Give the weights copies."""
         if keras.backend.backend() != "jax":
             return
-        ema = self._ema_by_variable()
+        ema = self._optimizer_averages()
         for variable in self.trainable_variables:
             if id(variable) in ema:
                 variable.assign(ops.copy(variable.value))
@@ -838,9 +876,15 @@ class DiffusionModel(keras.Model):
     # Weights: EMA without mutation
     # ------------------------------------------------------------------
     def _ema_by_variable(self):
-        """{id(variable): its EMA variable} when the optimizer keeps EMA weights
-        and has taken a step; else {}. (Keras keeps them in the optimizer's
+        """{id(variable): its average}: the model's `ema` once it has been
+        updated, else the optimizer's EMA weights when it keeps them and has
+        taken a step; else {}. (Keras keeps those in the optimizer's
         `_model_variables_moving_average`, as `SwapEMAWeights` reads them.)"""
+        if self.ema is not None and self.ema.has_updates():
+            return self.ema.by_variable()
+        return self._optimizer_averages()
+
+    def _optimizer_averages(self):
         optimizer = getattr(self, "optimizer", None)
         optimizer = getattr(optimizer, "inner_optimizer", optimizer)
         averages = getattr(optimizer, "_model_variables_moving_average", None)
@@ -1047,7 +1091,8 @@ class DiffusionModel(keras.Model):
                 go below it, -5 for epsilon and score models,
                 `samplers.spacing.start_log_snr_for`, so that the first steps
                 do not amplify the model's error hundreds of times.)
-            use_ema: sample with the optimizer's EMA weights when kept.
+            use_ema: sample with the average weights (the model's `ema`, else
+                the optimizer's EMA) when kept.
             jit_compile: XLA for the sampler graph (None: as `compile`).
             verbose: "auto", 0 or 1: progress bar.
             return_latents: also return the sampled latents (latent models).
@@ -1238,7 +1283,8 @@ class DiffusionModel(keras.Model):
             num_steps, timesteps, spacing: the full time grid.
             guidance_scale: classifier-free guidance scale.
             seed: an int seed in [0, 2**31) (noise and stochastic samplers).
-            use_ema: use the optimizer's EMA weights when kept.
+            use_ema: use the average weights (the model's `ema`, else the
+                optimizer's EMA) when kept.
             jit_compile: XLA for the sampling graph.
             clip: clip the output to [-1, 1] (pixel models: also the
                 sampler's x0 estimates when `sampler` is a name).
@@ -1348,11 +1394,15 @@ class DiffusionModel(keras.Model):
             "nan_policy": self.nan_policy,
             "num_eval_times": self.num_eval_times,
             "seed": self.seed,
+            "ema_decay": self.ema_decay,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # Files saved before the model kept its own average have no EMA
+        # variables (and no "ema_decay"): they load without one.
+        config.setdefault("ema_decay", None)
         for key in ("denoiser", "text_encoder", "schedule", "dtype", "vae"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])

@@ -23,14 +23,6 @@ from keras_diffusion.schedules.schedule import broadcast_like
 SOLVERS = ("ddim", "heun", "dpm_solver")
 
 
-class Untracked:
-    """Holds an object out of Keras' tracking: a student neither trains nor
-    saves its teacher."""
-
-    def __init__(self, value):
-        self.value = value
-
-
 def same_schedule(a, b):
     """Whether two schedules are the same (class and configuration)."""
     return type(a) is type(b) and a.get_config() == b.get_config()

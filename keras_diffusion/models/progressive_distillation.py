@@ -6,11 +6,11 @@ from keras import ops
 from keras_diffusion import objectives
 from keras_diffusion.models.diffusion_model import DiffusionModel
 from keras_diffusion.models.distillation import Teacher
-from keras_diffusion.models.distillation import Untracked
 from keras_diffusion.models.distillation import copy_denoiser
 from keras_diffusion.models.distillation import ode_step
 from keras_diffusion.samplers.spacing import start_time
 from keras_diffusion.schedules.schedule import broadcast_like
+from keras_diffusion.utils.untracked import Untracked
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")

@@ -11,11 +11,21 @@ metrics with `update_metrics(losses, t, valid)`:
   `state`, are read through a `keras.StatelessScope`, and the updated values
   (seed generator, optimizer with EMA and gradient accumulation, metrics)
   go out.
+- Both: after the optimizer's step, the model's weight average
+  (`model.ema`, a `WeightAverage`) when it keeps one, moved only when the
+  optimizer applied (not on gradient-accumulation steps).
 """
 
 import keras
+from keras import ops
 
 from keras_diffusion.utils.tensorflow_ops import num_replicas
+
+
+def _read(value):
+    """The value now (a copy: a TensorFlow variable converts to a handle that
+    is read later)."""
+    return ops.copy(ops.convert_to_tensor(value))
 
 
 def tensorflow_train_step(model, data):
@@ -28,7 +38,10 @@ def tensorflow_train_step(model, data):
         # Gradients are summed over replicas: divide by their number.
         scaled = model.optimizer.scale_loss(loss / num_replicas())
     grads = tape.gradient(scaled, trainable)
+    before = _read(model.optimizer.iterations)
     model.optimizer.apply_gradients(zip(grads, trainable))
+    if getattr(model, "ema", None) is not None:
+        model.ema.update(applied=_read(model.optimizer.iterations) > before)
     model.update_metrics(losses, t, valid)
     return {m.name: m.result() for m in model.metrics}
 
@@ -56,6 +69,24 @@ def _metrics_step(model, metrics_values, updates):
     return logs, _values_after(scope, model.metrics_variables)
 
 
+def _iterations(optimizer, optimizer_values):
+    with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, optimizer_values))):
+        return _read(optimizer.iterations)
+
+
+def _average_step(model, trainable, non_trainable, iterations_before, optimizer_values):
+    """The model's weight average (`model.ema`) after the optimizer's step."""
+    if getattr(model, "ema", None) is None:
+        return non_trainable
+    applied = _iterations(model.optimizer, optimizer_values) > iterations_before
+    mapping = list(zip(model.trainable_variables, trainable)) + list(
+        zip(model.non_trainable_variables, non_trainable)
+    )
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        model.ema.update(applied=applied)
+    return _values_after(scope, model.non_trainable_variables)
+
+
 def jax_train_step(model, state, data):
     import jax
 
@@ -77,9 +108,12 @@ def jax_train_step(model, state, data):
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (_, aux, non_trainable)), grads = grad_fn(trainable, non_trainable)
+    iterations = _iterations(model.optimizer, optimizer_values)
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, grads, trainable
     )
+    non_trainable = _average_step(model, trainable, non_trainable, iterations,
+                                  optimizer_values)
     logs, metrics_values = _metrics_step(model, metrics_values, [aux])
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
 

@@ -119,6 +119,19 @@ class ConsistencyModelTest(TestCase):
         x = model.generate(5, num_steps=3, seed=0, verbose=0)
         self.assertEqual(x.shape, (5, 2))
         self.assertTrue(np.all(np.isfinite(x)))
+        if keras.backend.backend() == "tensorflow":
+            # tf.train.Checkpoint (the training script's resume) restores the
+            # target network and the weight average with the weights.
+            import tensorflow as tf
+
+            checkpoint = tf.train.Checkpoint(model=model)
+            path = checkpoint.save(os.path.join(self.get_temp_dir(), "ckpt"))
+            saved = [np.asarray(v) for v in model.target_variables + model.ema.averages]
+            for v in model.target_variables + model.ema.averages:
+                v.assign(ops.zeros_like(v))
+            checkpoint.restore(path)
+            for a, b in zip(model.target_variables + model.ema.averages, saved):
+                self.assertAllClose(a, b)
 
     def test_training_curriculum_and_class_conditions(self):
         model = ConsistencyModel(_mlp(num_classes=3), total_steps=700, seed=0)

@@ -94,8 +94,8 @@ def get_base_config():
     optim.warmup_steps = 100
     optim.weight_decay = 0.0
     optim.clipnorm = 1.0  # 0: none
-    optim.ema = True
-    optim.ema_momentum = 0.999
+    optim.ema = True  # the model's average of the weights (DiffusionModel's ema_decay)
+    optim.ema_momentum = 0.999  # its decay after the warm-up
     optim.gradient_accumulation_steps = 1
 
     config.train = train = ml_collections.ConfigDict()

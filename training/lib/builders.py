@@ -248,7 +248,9 @@ def build_model(config):
     common = dict(
         schedule=schedule, prediction=m.prediction, weighting=m.weighting,
         time_distribution=m.time_distribution, num_classes=m.num_classes or None,
-        condition_dropout=m.condition_dropout, seed=config.seed, **dict(m.kwargs),
+        condition_dropout=m.condition_dropout, seed=config.seed,
+        # optim.ema: the model's own average of the weights (with a warm-up).
+        ema_decay=config.optim.ema_momentum if config.optim.ema else None, **dict(m.kwargs),
     )
     text_encoder = build_text_encoder(config) if m.kind != "sd_lora" else None
     if text_encoder is not None:
@@ -322,8 +324,6 @@ def build_optimizer(config):
     kwargs = dict(
         learning_rate=lr,
         clipnorm=o.clipnorm or None,
-        use_ema=o.ema,
-        ema_momentum=o.ema_momentum,
         gradient_accumulation_steps=(
             o.gradient_accumulation_steps if o.gradient_accumulation_steps > 1 else None
         ),
