@@ -74,15 +74,23 @@ def _iterations(optimizer, optimizer_values):
         return _read(optimizer.iterations)
 
 
-def _average_step(model, trainable, non_trainable, iterations_before, optimizer_values):
-    """The model's weight average (`model.ema`) after the optimizer's step."""
-    if getattr(model, "ema", None) is None:
-        return non_trainable
-    applied = _iterations(model.optimizer, optimizer_values) > iterations_before
-    mapping = list(zip(model.trainable_variables, trainable)) + list(
+def _state_mapping(model, trainable, non_trainable):
+    return list(zip(model.trainable_variables, trainable)) + list(
         zip(model.non_trainable_variables, non_trainable)
     )
-    with keras.StatelessScope(state_mapping=mapping) as scope:
+
+
+def _average_step(model, trainable, non_trainable, optimizer_before, optimizer_after):
+    """The model's weight average (`model.ema`) after the optimizer's step
+    (from the optimizer's values before and after it)."""
+    if getattr(model, "ema", None) is None:
+        return non_trainable
+    applied = _iterations(model.optimizer, optimizer_after) > _iterations(
+        model.optimizer, optimizer_before
+    )
+    with keras.StatelessScope(
+        state_mapping=_state_mapping(model, trainable, non_trainable)
+    ) as scope:
         model.ema.update(applied=applied)
     return _values_after(scope, model.non_trainable_variables)
 
@@ -93,9 +101,7 @@ def jax_train_step(model, state, data):
     trainable, non_trainable, optimizer_values, metrics_values = state
 
     def loss_fn(trainable_values, non_trainable_values):
-        mapping = list(zip(model.trainable_variables, trainable_values)) + list(
-            zip(model.non_trainable_variables, non_trainable_values)
-        )
+        mapping = _state_mapping(model, trainable_values, non_trainable_values)
         with keras.StatelessScope(state_mapping=mapping) as scope:
             loss, aux = model.training_loss(data)
         new_non_trainable = _values_after(scope, model.non_trainable_variables)
@@ -108,11 +114,11 @@ def jax_train_step(model, state, data):
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (_, aux, non_trainable)), grads = grad_fn(trainable, non_trainable)
-    iterations = _iterations(model.optimizer, optimizer_values)
+    optimizer_before = optimizer_values
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, grads, trainable
     )
-    non_trainable = _average_step(model, trainable, non_trainable, iterations,
+    non_trainable = _average_step(model, trainable, non_trainable, optimizer_before,
                                   optimizer_values)
     logs, metrics_values = _metrics_step(model, metrics_values, [aux])
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
@@ -120,10 +126,7 @@ def jax_train_step(model, state, data):
 
 def jax_test_step(model, state, data):
     trainable, non_trainable, metrics_values = state
-    mapping = list(zip(model.trainable_variables, trainable)) + list(
-        zip(model.non_trainable_variables, non_trainable)
-    )
-    with keras.StatelessScope(state_mapping=mapping):
+    with keras.StatelessScope(state_mapping=_state_mapping(model, trainable, non_trainable)):
         updates = list(model.eval_losses(data))
     logs, metrics_values = _metrics_step(model, metrics_values, updates)
     return logs, (trainable, non_trainable, metrics_values)

@@ -341,6 +341,9 @@ class StableDiffusionVAE(keras.Model):
         h, w = (image_shape or (self.image_height, self.image_width))[:2]
         return (h // 8, w // 8, 4)
 
+    def build(self, input_shape=None):
+        self.built = True
+
     def encode_moments(self, images):
         """`(mean, logvar)` of the posterior (unscaled), logvar clipped to [-30, 20]."""
         x = ops.convert_to_tensor(images)
@@ -455,6 +458,9 @@ class StableDiffusionTextEncoder(keras.Model):
                 )
             rows.append(ids + [end] * (self.max_length - len(ids)))
         return np.asarray(rows, dtype="int32")
+
+    def build(self, input_shape=None):
+        self.built = True
 
     def encode(self, prompts):
         """`{"context": (B, L, 768), "pooled": (B, 768)}` of prompts or ids."""
