@@ -118,6 +118,39 @@ class ObjectivesTest(TestCase):
             objectives.loss_weight("none", "v", self.t, schedule), np.ones(4)
         )
 
+    def test_unweighted_flow_loss_is_normalized(self):
+        t = np.array([1e-3, 0.02, 0.5, 0.97], "float32")
+        # Exactly 1 on rectified flow: its flow target is eps - x0.
+        w = objectives.loss_weight("none", "flow", t, schedules.RectifiedFlowSchedule())
+        self.assertAllClose(w, np.ones(4), rtol=1e-6)
+        # With SD3's shift the target is u'(t) (eps - x0), u' from 3 at t = 0
+        # down to 1/3 at t = 1: the weight is 1 / u'^2 where u' > 1, so the
+        # loss there is that of a network predicting eps - x0, and 1 elsewhere.
+        shifted = schedules.RectifiedFlowSchedule(shift=3.0)
+        du = 3.0 / (1.0 + 2.0 * t.astype(np.float64)) ** 2
+        w = objectives.loss_weight("none", "flow", t, shifted)
+        self.assertAllClose(w, 1.0 / np.maximum(du**2, 1.0), rtol=1e-4)
+        self.assertLess(float(_np(w)[0]), 0.2)
+        self.assertEqual(float(_np(w)[-1]), 1.0)
+        # On a VP schedule, where the target's mean square exceeds 1, the
+        # weighted flow loss is twice the v loss.
+        for schedule in (schedules.ScaledLinearSchedule(), schedules.LinearSchedule()):
+            d_alpha, d_sigma = (_np(d) for d in schedule.alpha_sigma_derivatives(t))
+            large = 0.5 * (d_alpha**2 + d_sigma**2) > 1.0
+            self.assertTrue(large[0] and not large[-1], type(schedule).__name__)
+            flow = _np(objectives.loss_weight("none", "flow", t, schedule)) * _np(
+                objectives.x0_error_scale("flow", t, schedule))
+            v = _np(objectives.x0_error_scale("v", t, schedule))
+            self.assertAllClose(flow[large], 2.0 * v[large], rtol=2e-3)
+            self.assertAllClose(
+                _np(objectives.loss_weight("none", "flow", t, schedule))[~large], 1.0)
+        # The other weightings are set in x0 space and do not change.
+        schedule = schedules.ScaledLinearSchedule()
+        snr = np.exp(_np(schedule.log_snr(t)))
+        flow = _np(objectives.loss_weight("min_snr", "flow", t, schedule)) * _np(
+            objectives.x0_error_scale("flow", t, schedule))
+        self.assertAllClose(flow, np.minimum(snr, 5.0), rtol=1e-3)
+
     def test_elbo_weight_is_vdm_eq_17(self):
         for schedule in SCHEDULES:
             d = _np(schedule.d_log_snr(self.t))

@@ -144,7 +144,10 @@ class DiffusionModel(keras.Model):
             their targets grow with sigma and do not train. Noise predictions
             ("epsilon", "score") sample on grids that start at log-SNR -5
             (`samplers.spacing.start_log_snr_for`).
-        weighting: loss weighting: "none", "min_snr" or "elbo".
+        weighting: loss weighting: "none", "min_snr", "elbo" or "edm"
+            (`objectives.loss_weight`). With "none" a "flow" model's error is
+            divided by its target's mean square where that exceeds 1 (small
+            t on VP schedules; exactly weight 1 on rectified flow).
         time_distribution: "uniform", "logit_normal" or "low_discrepancy".
         num_classes: number of classes for class-conditional training (the
             denoiser must embed `num_classes + 1` labels); inferred from the
