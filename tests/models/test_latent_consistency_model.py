@@ -4,7 +4,7 @@ text encoder.
 8x8 latents (16x16 pixels, factor-2 VAE), batch 2, one fit step each. The
 Stable Diffusion bridge's UNet is keras-cv's fixed 860M-parameter network
 (no smaller configuration): LCM-LoRA on it is a slow test in
-tests/pretrained/test_stable_diffusion.py (test_lcm_lora_on_unet).
+tests/pretrained/test_stable_diffusion.py (test_unet_adapter_lora_and_lcm_lora).
 """
 
 import os
