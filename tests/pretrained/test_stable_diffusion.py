@@ -158,7 +158,8 @@ class BridgeTest(TestCase):
     @pytest.mark.slow
     def test_unet_adapter_lora_and_lcm_lora(self):
         # The 860M-parameter UNet with random weights, built three times (~40 s
-        # and 3.4 GB each, at most two at once; ~9 GB peak RSS on CPU, ~4 min):
+        # and 3.4 GB each, at most two at once; 12.2 GB peak RSS on CPU measured
+        # alone, 2.5-4.5 min):
         # the adapter (the denoiser contract, then an LCM-LoRA teacher), the
         # student's copy and a config restore. The student gets a tiny VAE
         # (16x16 pixels -> the UNet's 8x8x4 latents) and a tiny text encoder
@@ -230,7 +231,7 @@ class BridgeTest(TestCase):
         images = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 1)).astype("float32")
         data = {"images": images, "text": np.array(prompts)}
         lcm.compile(keras.optimizers.Adam(1e-3), run_eagerly=True)
-        # One eager step on both prompts (a step is ~30 s here).
+        # One eager step on both prompts (9-13 s here, profiled).
         history = lcm.fit(tf.data.Dataset.from_tensor_slices(data).batch(2), verbose=0)
         self.assertTrue(np.isfinite(history.history["loss"][-1]))
         changed = _changed(student_before, _fingerprints(lcm.denoiser.weights))
