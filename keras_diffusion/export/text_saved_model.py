@@ -31,6 +31,7 @@ def export_text_saved_model(
     max_batch_size=DEFAULT_MAX_BATCH_SIZE,
     max_num_steps=DEFAULT_MAX_NUM_STEPS,
     max_length=None,
+    use_ema=True,
     verbose=False,
 ):
     """Writes a SavedModel of a text diffusion model that TF Serving runs.
@@ -63,6 +64,9 @@ def export_text_saved_model(
         max_num_steps: the largest `num_steps` a request may ask for.
         max_length: the longest `length` a request may ask for (None: the
             model's `sequence_length`).
+        use_ema: export the average weights (the model's `ema`) when kept,
+            as `generate` uses them; the model's own weights are unchanged
+            after the export.
         verbose: print the endpoints written.
 
     Returns:
@@ -100,8 +104,11 @@ def export_text_saved_model(
         )
     sampler = spec["sampler"](temperature, top_k)
     endpoints = _TextEndpoints(spec, sampler, max_batch_size, max_num_steps, max_length)
+    # The average is written as the variables' values (swapped in under
+    # the model's lock while the archive is written, then swapped back).
+    contexts = [spec["ema_weights"]()] if use_ema and "ema_weights" in spec else []
     return write_archive(
-        path, lambda: [*spec["layers"], endpoints.table], endpoints, verbose=verbose
+        path, lambda: [*spec["layers"], endpoints.table], endpoints, contexts, verbose=verbose
     )
 
 

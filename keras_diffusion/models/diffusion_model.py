@@ -26,6 +26,7 @@ from keras_diffusion.utils.tensorflow_ops import ReplicaSeed
 from keras_diffusion.utils.tensorflow_ops import has_accelerator
 from keras_diffusion.utils.tensorflow_ops import string_tensor
 from keras_diffusion.utils.weight_average import WeightAverage
+from keras_diffusion.utils.weight_average import averages_assigned
 
 NAN_POLICIES = ("raise", "skip")
 # "v" is well conditioned at every noise level: its x0 = alpha x_t - sigma v
@@ -925,20 +926,10 @@ class DiffusionModel(keras.Model):
         `generate`, `img2img`, `inpaint` and `export` need no swap: they use
         the EMA weights as values and never mutate the model.
         """
-        ema = self._ema_by_variable()
-        if not ema:
-            yield False
-            return
-        with self._weights_lock:
-            variables = [v for v in self.trainable_variables if id(v) in ema]
-            backup = [ops.convert_to_numpy(v) for v in variables]
-            for var in variables:
-                var.assign(ema[id(var)])
-            try:
-                yield True
-            finally:
-                for var, value in zip(variables, backup):
-                    var.assign(value)
+        with averages_assigned(
+            self.trainable_variables, self._ema_by_variable(), self._weights_lock
+        ) as swapped:
+            yield swapped
 
     # ------------------------------------------------------------------
     # Sampling

@@ -1,7 +1,9 @@
 """MaskedDiffusionLM: a masked (absorbing-state) diffusion language model."""
 
+import contextlib
 import itertools
 import math
+import threading
 
 import keras
 import numpy as np
@@ -18,6 +20,8 @@ from keras_diffusion.samplers.uniform_diffusion_sampler import UniformDiffusionS
 from keras_diffusion.schedules.masking_schedule import MaskingSchedule
 from keras_diffusion.utils.fitting import without_shuffle_warning
 from keras_diffusion.utils.tensorflow_ops import has_accelerator
+from keras_diffusion.utils.weight_average import WeightAverage
+from keras_diffusion.utils.weight_average import averages_assigned
 
 PAD_ID = 0
 OOV_ID = 1
@@ -65,6 +69,14 @@ class MaskedDiffusionLM(keras.Model):
     `keras_diffusion.export.export_text_saved_model` writes a SavedModel
     with a `generate_text` signature.
 
+    **Weight average.** As `DiffusionModel`, the model keeps an exponential
+    moving average of the denoiser's weights (`model.ema`, a
+    `WeightAverage`, decay min(`ema_decay`, n / (n + 9)) at the n-th
+    optimizer step). `generate`, `infill` and the export use it once it has
+    been updated (`use_ema=False`: the last weights), reading it as values:
+    the model is never mutated. `fit` and `evaluate` use the last weights;
+    `with model.ema_weights(): model.evaluate(ds)` measures the average.
+
     Args:
         sequence_length: characters per training sequence (the context).
         vocabulary: a list of characters as `get_vocabulary()` returns them
@@ -82,6 +94,8 @@ class MaskedDiffusionLM(keras.Model):
             True for `"uniform"`.
         num_eval_samples: NELBO draws per sequence in `evaluate`.
         seed: seed of the training noise (None: random).
+        ema_decay: the decay of the weight average after its warm-up, in
+            [0, 1) (default 0.999), or None for no average.
         **kwargs: `keras.Model` arguments.
 
     Example:
@@ -116,6 +130,7 @@ class MaskedDiffusionLM(keras.Model):
         num_eval_samples=1,
         seed=None,
         process="masked",
+        ema_decay=0.999,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -123,6 +138,16 @@ class MaskedDiffusionLM(keras.Model):
             raise ValueError(
                 f"`process` must be one of {list(PROCESSES)}, received process={process!r}"
             )
+        if ema_decay is not None and (
+            isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
+            or not 0.0 <= float(ema_decay) < 1.0
+        ):
+            raise ValueError(
+                f"`ema_decay` must be in [0, 1) or None, received ema_decay={ema_decay!r}"
+            )
+        self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.ema = None
+        self._weights_lock = threading.RLock()
         self.process = process
         self.sequence_length = int(sequence_length)
         if self.sequence_length < 2:
@@ -229,6 +254,9 @@ class MaskedDiffusionLM(keras.Model):
             name="denoiser",
         )
         self.denoiser.build()
+        if self.ema_decay:
+            self.ema = WeightAverage(self.denoiser.trainable_variables, self.ema_decay,
+                                     name="ema")
         self.built = True
 
     def adapt(self, texts, steps=None):
@@ -527,11 +555,42 @@ class MaskedDiffusionLM(keras.Model):
             return_num_calls=True,
         )
 
-    def _compiled_sampler(self, sampler):
-        key = (type(sampler).__name__, sampler.temperature, sampler.top_k, sampler.cache)
+    # ------------------------------------------------------------------
+    # Weights: the average read as values
+    # ------------------------------------------------------------------
+    def _ema_by_variable(self):
+        """{id(variable): its average} once the average has been updated, else {}."""
+        if self.ema is not None and self.ema.has_updates():
+            return self.ema.by_variable()
+        return {}
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Assigns the average weights to the denoiser inside a `with` (for
+        code that reads the variables themselves: `evaluate`, saving them);
+        the training values are restored afterwards. Yields whether a swap
+        happened. `generate`, `infill` and the export need no swap."""
+        with averages_assigned(
+            self.denoiser.variables, self._ema_by_variable(), self._weights_lock
+        ) as swapped:
+            yield swapped
+
+    def _compiled_sampler(self, sampler, use_ema=True):
+        """The sampling function of `sampler` (a tf.function on TensorFlow),
+        reading the average weights when `use_ema` and the average is kept."""
+        averages = self._ema_by_variable() if use_ema else {}
+        mapping = [(v, averages[id(v)]) for v in self.denoiser.variables if id(v) in averages]
+        key = (type(sampler).__name__, sampler.temperature, sampler.top_k, sampler.cache,
+               bool(mapping))
         cache = self.__dict__.setdefault("_sample_fns", {})
         if key not in cache:
-            fn = lambda tokens, seed, steps: self.sample_tokens(tokens, seed, steps, sampler)
+
+            def fn(tokens, seed, steps):
+                # The averages are read where the weights are: nothing is
+                # assigned, so concurrent calls and training never see a swap.
+                with keras.StatelessScope(state_mapping=mapping):
+                    return self.sample_tokens(tokens, seed, steps, sampler)
+
             if keras.backend.backend() == "tensorflow":
                 import tensorflow as tf
 
@@ -551,7 +610,7 @@ class MaskedDiffusionLM(keras.Model):
         return [index.get(c, OOV_ID) for c in text]
 
     def generate(self, batch_size=1, length=None, num_steps=None, seed=None, prefix=None,
-                 temperature=1.0, top_k=None, return_tokens=False):
+                 temperature=1.0, top_k=None, return_tokens=False, use_ema=True):
         """Samples texts, `length` characters each (padding dropped).
 
         Args:
@@ -567,6 +626,8 @@ class MaskedDiffusionLM(keras.Model):
             temperature: 0 for greedy tokens.
             top_k: sample among the k most likely tokens.
             return_tokens: return the int32 token ids `(B, length)` instead.
+            use_ema: sample with the average weights (`model.ema`, once
+                updated; see `ema_decay`), else with the last weights.
 
         Returns:
             a list of `batch_size` strings.
@@ -587,7 +648,7 @@ class MaskedDiffusionLM(keras.Model):
                     f"length={length}"
                 )
             known = self._encode_known(prefix, "prefix")
-        fn = self._compiled_sampler(self.sampler(temperature, top_k))
+        fn = self._compiled_sampler(self.sampler(temperature, top_k), use_ema)
         row = np.concatenate([known, np.full(length - len(known), self.mask_id)])
         tokens = ops.convert_to_tensor(np.tile(row.astype("int32")[None, :], (batch_size, 1)))
         done, block = len(known), 0
@@ -601,7 +662,7 @@ class MaskedDiffusionLM(keras.Model):
         return tokens if return_tokens else self.detokenize(tokens)
 
     def infill(self, texts, mask_character="_", num_steps=None, seed=None, temperature=1.0,
-               top_k=None):
+               top_k=None, use_ema=True):
         """Fills the `mask_character`s of `texts`; the other characters stay.
 
         Args:
@@ -609,8 +670,8 @@ class MaskedDiffusionLM(keras.Model):
                 (padded to the longest of them with padding tokens, which
                 stay fixed).
             mask_character: the placeholder character to fill.
-            num_steps, seed, temperature, top_k: as in `generate` (default
-                steps: the number of placeholders, at least 1).
+            num_steps, seed, temperature, top_k, use_ema: as in `generate`
+                (default steps: the number of placeholders, at least 1).
 
         Returns:
             the list of filled strings (a position filled with the padding
@@ -638,7 +699,7 @@ class MaskedDiffusionLM(keras.Model):
             num_steps = max(int(np.max(np.sum(z == self.mask_id, axis=1))), 1)
         num_steps = _positive_int(num_steps, "num_steps")
         seed = random_lib.check_seed(seed)
-        fn = self._compiled_sampler(self.sampler(temperature, top_k))
+        fn = self._compiled_sampler(self.sampler(temperature, top_k), use_ema)
         out, _ = fn(ops.convert_to_tensor(z), ops.convert_to_tensor(
             random_lib.sampler_seed(seed, 0)), ops.convert_to_tensor(num_steps, "int32"))
         return self.detokenize(out)
@@ -654,6 +715,7 @@ class MaskedDiffusionLM(keras.Model):
             "mask_id": self.mask_id,
             "sequence_length": self.sequence_length,
             "layers": [self.denoiser],
+            "ema_weights": self.ema_weights,
         }
 
     # ------------------------------------------------------------------
@@ -676,9 +738,18 @@ class MaskedDiffusionLM(keras.Model):
                 "num_eval_samples": self.num_eval_samples,
                 "seed": self.seed,
                 "process": self.process,
+                "ema_decay": self.ema_decay,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        # Files saved before the model kept an average have no EMA
+        # variables (and no "ema_decay"): they load without one.
+        config.setdefault("ema_decay", None)
+        return super().from_config(config)
 
     def build(self, input_shape=None):
         self.built = True

@@ -1,5 +1,7 @@
 """An exponential moving average of a model's weights, with a warm-up."""
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -99,3 +101,23 @@ class WeightAverage(keras.layers.Layer):
     def by_variable(self):
         """{id(variable): its average variable}."""
         return {id(v): a for v, a in zip(self._sources.value, self.averages)}
+
+
+@contextlib.contextmanager
+def averages_assigned(variables, by_variable, lock):
+    """Assigns each of `variables` its average (`by_variable[id(variable)]`)
+    inside a `with`, for code that reads the variables themselves (saving
+    them, `evaluate`); their values are restored afterwards, also on an
+    error. `lock` (a `threading.RLock`) is held throughout, so that a
+    concurrent reader of the same lock never sees the swap. Yields whether
+    anything was assigned."""
+    with lock:
+        variables = [v for v in variables if id(v) in by_variable]
+        backup = [ops.convert_to_numpy(v) for v in variables]
+        for variable in variables:
+            variable.assign(by_variable[id(variable)])
+        try:
+            yield bool(variables)
+        finally:
+            for variable, value in zip(variables, backup):
+                variable.assign(value)

@@ -89,6 +89,42 @@ class MaskedDiffusionLMTest(TestCase):
         self.assertTrue(filled[1].endswith(" dog") and len(filled[1]) <= 5)
         self.assertNotIn("_", "".join(filled))
 
+    def test_generation_and_export_read_the_average_and_mutate_nothing(self):
+        from keras_diffusion.export import export_text_saved_model
+
+        trained = self.model
+        self.assertGreater(float(trained.ema.count.numpy()), 0)
+        # A fresh model whose average holds the trained weights: sampling
+        # with the average must give the trained model's texts exactly.
+        model = MaskedDiffusionLM(**SMALL, vocabulary=trained.vocabulary)
+        model.ema.update()
+        for average, weight in zip(model.ema.averages, trained.denoiser.trainable_variables):
+            average.assign(weight)
+        own = [v.numpy().copy() for v in model.denoiser.variables]
+        args = dict(batch_size=2, length=12, num_steps=6, seed=4)
+        expected = trained.generate(**args, use_ema=False)
+        self.assertEqual(model.generate(**args), expected)
+        self.assertNotEqual(model.generate(**args, use_ema=False), expected)
+        self.assertEqual(model.infill(["the ca_ sa_"], seed=1),
+                         trained.infill(["the ca_ sa_"], seed=1, use_ema=False))
+        # `ema_weights()` swaps the average in for code that reads the
+        # variables (evaluate), then swaps it back.
+        with model.ema_weights() as swapped:
+            bpc = model.evaluate(_dataset(TEXTS[:4]), return_dict=True, verbose=0)["bpc"]
+        self.assertTrue(swapped)
+        self.assertAllClose(
+            bpc, trained.evaluate(_dataset(TEXTS[:4]), return_dict=True, verbose=0)["bpc"])
+        path = os.path.join(self.get_temp_dir(), "ema_export")
+        export_text_saved_model(model, path, max_batch_size=2, max_num_steps=6)
+        for weight, value in zip(model.denoiser.variables, own):
+            np.testing.assert_array_equal(weight.numpy(), value)
+        import tensorflow as tf
+
+        served = tf.saved_model.load(path).signatures["generate_text"](
+            seed=tf.constant(4, tf.int64), batch_size=tf.constant(2), length=tf.constant(12),
+            num_steps=tf.constant(6))
+        self.assertEqual([t.decode() for t in served["text"].numpy()], expected)
+
     def test_bad_input(self):
         model = self.model
         with self.assertRaisesWithArgument(ValueError, "x", "outside the vocabulary"):
@@ -205,3 +241,14 @@ class MaskedDiffusionLMConfigTest(TestCase):
             MaskedDiffusionLM(vocabulary=["a", "b"])
         with self.assertRaisesWithArgument(ValueError, "kind", "'square'"):
             MaskedDiffusionLM(schedule="square")
+        # The weight average: on by default, saved in the config; None
+        # turns it off, as for a config saved before it existed.
+        self.assertEqual(len(model.ema.averages), len(model.denoiser.trainable_variables))
+        self.assertEqual(revived.ema.decay, 0.999)
+        self.assertIsNone(MaskedDiffusionLM(**SMALL, vocabulary=["", "[UNK]", "a"],
+                                            ema_decay=None).ema)
+        old = {k: v for k, v in model.get_config().items() if k != "ema_decay"}
+        self.assertIsNone(MaskedDiffusionLM.from_config(old).ema)
+        for bad in (1.0, -0.1, "0.9"):
+            with self.assertRaisesWithArgument(ValueError, "ema_decay", repr(bad)):
+                MaskedDiffusionLM(ema_decay=bad)
