@@ -181,15 +181,27 @@ def write_archive(path, tracked, endpoints, contexts=(), verbose=False):
     """Writes a SavedModel atomically: into a temporary folder beside `path`,
     with the metadata file, then renamed to `path`.
 
+    Each endpoint is traced once, inside `tf.saved_model.save`, and each
+    variable stored once. `keras.export.ExportArchive.write_out` traces every
+    endpoint before saving (to list the variables), and TensorFlow keys its
+    traces on the save context, so saving traces them all again; it also
+    stores each Keras variable's value three times. Tracing is most of an
+    export's time: the test suite's conditional UNet model (labels + text)
+    exports in 11.6 s here instead of 18.1 s through ExportArchive, into
+    3.3 MB instead of 4.0 MB.
+
     Args:
         path: the SavedModel folder (replaced when it exists).
-        tracked: a callable returning the layers and resources to track.
+        tracked: a callable returning the Keras layers (their variables and
+            lookup tables are saved) and TensorFlow resources to track.
         endpoints: an object with `endpoints()` ((name, fn, signature)
-            triples) and `metadata()` (a JSON-able dict).
+            triples; the first is also `serving_default`) and `metadata()`
+            (a JSON-able dict).
         contexts: context managers entered while tracing.
-        verbose: Keras' `write_out` verbosity.
+        verbose: print the endpoints written.
     """
-    archive = keras.export.ExportArchive()
+    import tensorflow as tf
+
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -197,14 +209,17 @@ def write_archive(path, tracked, endpoints, contexts=(), verbose=False):
         with contextlib.ExitStack() as stack:
             for context in contexts:
                 stack.enter_context(context)
-            for layer in tracked():
-                archive.track(layer)
+            root = _archive_root(tracked())
+            signatures = {}
+            for name, fn, signature in endpoints.endpoints():
+                function = tf.function(fn, input_signature=signature, autograph=False)
+                setattr(root, name, function)
+                signatures[name] = function
+            signatures.setdefault("serving_default", next(iter(signatures.values())))
             # TensorFlow logs each variable the sampler loop captures being
             # renamed (three 4,500-character INFO lines): harmless, quieted.
             stack.enter_context(_tf_log_level("ERROR"))
-            for name, fn, signature in endpoints.endpoints():
-                archive.add_endpoint(name=name, fn=fn, input_signature=signature)
-            archive.write_out(tmp, verbose=bool(verbose))
+            tf.saved_model.save(root, tmp, signatures=signatures)
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(endpoints.metadata(), f, indent=2)
@@ -214,7 +229,48 @@ def write_archive(path, tracked, endpoints, contexts=(), verbose=False):
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+    if verbose:
+        print(f"Saved a SavedModel at {path!r}, signatures: {', '.join(sorted(signatures))}")
     return path
+
+
+def _archive_root(tracked):
+    """The object a SavedModel is written from: the variables of the Keras
+    layers in `tracked`, the lookup tables found under them (a text
+    encoder's vocabulary) and the other resources in `tracked`. Each
+    variable is stored once."""
+    import tensorflow as tf
+    from tensorflow.saved_model.experimental import TrackableResource
+
+    root = tf.__internal__.tracking.AutoTrackable()
+    variables, resources, seen = [], [], set()
+    for item in tracked:
+        if isinstance(item, keras.layers.Layer):
+            if not item.built:
+                raise ValueError(f"The layer {item.name!r} is not built; build it before export")
+            for variable in item.variables:
+                # The tf.Variable under a Keras variable: what the traced
+                # functions capture, and what a TF1-style loader (TF
+                # Serving, saved_model_cli) restores.
+                variable = getattr(variable, "value", variable)
+                if id(variable) not in seen:
+                    seen.add(id(variable))
+                    variables.append(variable)
+            # Lookup tables are attributes of Keras' lookup layers (a
+            # TextVectorization's StringLookup).
+            for layer in item._flatten_layers(include_self=True, recursive=True):
+                resources += [value for value in vars(layer).values()
+                              if isinstance(value, TrackableResource)]
+        elif isinstance(item, TrackableResource):
+            resources.append(item)
+        else:
+            raise ValueError(
+                f"Cannot track {type(item).__name__} in a SavedModel: expected a Keras layer "
+                "or a TensorFlow resource"
+            )
+    root.variables = variables
+    root.resources = list({id(r): r for r in resources}.values())
+    return root
 
 
 def export(model, path, **kwargs):
@@ -347,7 +403,7 @@ class _Endpoints:
 
     def endpoints(self):
         """(name, fn, input_signature) of each endpoint; `generate` first, so
-        that ExportArchive also makes it `serving_default`."""
+        that `write_archive` also makes it `serving_default`."""
         out = []
         for name, specs, body in (
             ("generate", self.generate_specs(), self._generate),
