@@ -25,10 +25,21 @@ if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
+# Seconds each test file took (its tests' setup + call + teardown, summed),
+# per backend, from a run with `--durations=0` (`tests/update_durations.py`
+# writes them). Only the order of the run depends on them; a file missing
+# here counts as DEFAULT_SECONDS.
+DURATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durations.json")
+DEFAULT_SECONDS = 20
+
+
 def pytest_collection_modifyitems(config, items):
-    """The folders of the slowest files first (the CLI and export tests run
-    subprocesses). Under `-n 2 --dist loadfile` files are handed out in
-    collection order, so the run then ends on short files rather than on
-    one worker finishing a long one while the other waits."""
-    first = ("tests/training/", "tests/export/")
-    items.sort(key=lambda item: not item.nodeid.startswith(first))
+    """The slowest files first. Under `-n 2 --dist loadfile` files are
+    handed out in collection order, so the run then ends on short files
+    rather than on one process finishing a long one while the other waits.
+    (Stable: a file's tests keep their order.)"""
+    import json
+
+    with open(DURATIONS) as f:
+        seconds = json.load(f).get(os.environ.get("KERAS_BACKEND", "tensorflow"), {})
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], DEFAULT_SECONDS))
