@@ -3,6 +3,7 @@
 import contextlib
 import itertools
 import math
+import numbers
 import threading
 
 import keras
@@ -139,7 +140,7 @@ class MaskedDiffusionLM(keras.Model):
                 f"`process` must be one of {list(PROCESSES)}, received process={process!r}"
             )
         if ema_decay is not None and (
-            isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
+            isinstance(ema_decay, bool) or not isinstance(ema_decay, numbers.Real)
             or not 0.0 <= float(ema_decay) < 1.0
         ):
             raise ValueError(
