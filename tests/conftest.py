@@ -40,6 +40,8 @@ def pytest_collection_modifyitems(config, items):
     (Stable: a file's tests keep their order.)"""
     import json
 
-    with open(DURATIONS) as f:
-        seconds = json.load(f).get(os.environ.get("KERAS_BACKEND", "tensorflow"), {})
+    seconds = {}
+    if os.path.exists(DURATIONS):
+        with open(DURATIONS) as f:
+            seconds = json.load(f).get(os.environ.get("KERAS_BACKEND", "tensorflow"), {})
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], DEFAULT_SECONDS))
