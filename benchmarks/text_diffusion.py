@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -345,7 +344,7 @@ def run_pydoc(args, samples_out):
                                      args.layers, args.heads, args.lr, model.ema_decay)
     ar_value = ar_bpc(ar, test)
     average = ar.weight_average.average
-    with averages_assigned(ar.trainable_variables, average.by_variable(), threading.RLock()):
+    with averages_assigned(ar.trainable_variables, average.by_variable()):
         ar_avg = ar_bpc(ar, test)
     print("ar", ar_value, "average:", ar_avg, flush=True)
 

@@ -104,14 +104,14 @@ class WeightAverage(keras.layers.Layer):
 
 
 @contextlib.contextmanager
-def averages_assigned(variables, by_variable, lock):
+def averages_assigned(variables, by_variable, lock=None):
     """Assigns each of `variables` its average (`by_variable[id(variable)]`)
     inside a `with`, for code that reads the variables themselves (saving
     them, `evaluate`); their values are restored afterwards, also on an
-    error. `lock` (a `threading.RLock`) is held throughout, so that a
-    concurrent reader of the same lock never sees the swap. Yields whether
-    anything was assigned."""
-    with lock:
+    error. `lock` (a `threading.RLock`, optional) is held throughout, so
+    that a concurrent reader of the same lock never sees the swap. Yields
+    whether anything was assigned."""
+    with lock if lock is not None else contextlib.nullcontext():
         variables = [v for v in variables if id(v) in by_variable]
         backup = [ops.convert_to_numpy(v) for v in variables]
         for variable in variables:
