@@ -45,6 +45,8 @@ class ControlNet(UNet):
         Models, 2023.
     """
 
+    accepts_residuals = False
+
     def __init__(self, control_channels=3, hint_channels=(16, 32), hint_downsampling=1,
                  **kwargs):
         super().__init__(**kwargs)

@@ -31,9 +31,18 @@ def check_conditioning_scale(conditioning_scale, num):
     return [float(s) for s in scales]
 
 
+def _is_control_net(net):
+    """A ControlNet: the library's, or one with the same protocol (the SD bridge's)."""
+    return isinstance(net, ControlNet) or (
+        isinstance(net, keras.Model)
+        and all(hasattr(net, a) for a in ("control_channels", "hint_downsampling",
+                                           "copy_encoder_from"))
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class ControlledUNet(Denoiser):
-    """A denoiser: a frozen `UNet` plus ControlNets (Zhang et al., 2023).
+    """A denoiser: a frozen UNet plus ControlNets (Zhang et al., 2023).
 
     Each ControlNet sees x_t, t, the conditions and its slice of the
     `"control"` input (the control images of all ControlNets concatenated
@@ -48,18 +57,28 @@ class ControlledUNet(Denoiser):
     not built yet gets the base's encoder weights when the model is built,
     and its zero convolutions make the output exactly the base's.
 
+    The base is the library's `UNet` (with `ControlNet`s) or the Stable
+    Diffusion bridge's `StableDiffusionDenoiser` (with
+    `StableDiffusionControlNet`s, from `unet.control_net(...)`): any
+    denoiser whose `call` takes `residuals=` (`accepts_residuals`), with
+    ControlNets that have `control_channels`, `hint_downsampling` and
+    `copy_encoder_from(base)`.
+
     Inputs: the base UNet's dict plus `"control"` `(B, H * f, W * f,
     control_channels)`, f = `hint_downsampling`. Output: the base's.
 
     Args:
-        unet: the base `UNet` (trained; frozen here).
-        control_nets: a `ControlNet` or a list of them; None makes one
-            `ControlNet.from_unet(unet, control_channels, ...)`.
+        unet: the base `UNet` or `StableDiffusionDenoiser` (trained;
+            frozen here).
+        control_nets: a ControlNet or a list of them; None makes one:
+            `ControlNet.from_unet(unet, control_channels, ...)` for a
+            `UNet`, `unet.control_net(control_channels, ...)` for the bridge.
         conditioning_scale: a float >= 0, or one per ControlNet.
         control_channels: channels of the control image (when
             `control_nets` is None).
         hint_downsampling: control size / x_t size (when `control_nets` is
-            None).
+            None); None: 1 for a `UNet`, 8 for the bridge (the control
+            image has the pixel size of SD's images).
         **kwargs: `keras.Model` arguments.
 
     Example:
@@ -76,21 +95,25 @@ class ControlledUNet(Denoiser):
     """
 
     def __init__(self, unet, control_nets=None, conditioning_scale=1.0, control_channels=3,
-                 hint_downsampling=1, **kwargs):
+                 hint_downsampling=None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(unet, UNet) or isinstance(unet, ControlNet):
+        if not isinstance(unet, Denoiser) or not unet.accepts_residuals:
             raise ValueError(
-                f"`unet` must be a keras_diffusion UNet, received {type(unet).__name__}"
+                "`unet` must be a keras_diffusion UNet or a StableDiffusionDenoiser (a "
+                f"denoiser that takes ControlNet residuals), received {type(unet).__name__}"
             )
         if control_nets is None:
-            control_nets = [ControlNet.from_unet(
-                unet, control_channels=control_channels, hint_downsampling=hint_downsampling,
-                name="control_net",
-            )]
-        elif isinstance(control_nets, ControlNet):
+            options = dict(control_channels=control_channels, name="control_net")
+            if hint_downsampling is not None:
+                options["hint_downsampling"] = hint_downsampling
+            if isinstance(unet, UNet):
+                control_nets = [ControlNet.from_unet(unet, **options)]
+            else:
+                control_nets = [unet.control_net(**options)]
+        elif not isinstance(control_nets, (list, tuple)):
             control_nets = [control_nets]
         control_nets = list(control_nets)
-        if not control_nets or not all(isinstance(n, ControlNet) for n in control_nets):
+        if not control_nets or not all(_is_control_net(n) for n in control_nets):
             raise ValueError(
                 "`control_nets` must be a ControlNet or a non-empty list of them, received "
                 f"{[type(n).__name__ for n in control_nets]}"
@@ -105,7 +128,7 @@ class ControlledUNet(Denoiser):
         self._freeze_base()
         self.control_nets = control_nets
         self.input_channels = unet.input_channels
-        self.output_channels = unet.output_channels
+        self.output_channels = getattr(unet, "output_channels", unet.input_channels)
         self.num_classes = unet.num_classes
         self.context_dim = unet.context_dim
         self.condition_channels = unet.condition_channels

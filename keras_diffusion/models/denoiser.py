@@ -52,6 +52,9 @@ class Denoiser(keras.Model):
     condition_channels = 0
     control_channels = 0
     hint_downsampling = 1
+    # Whether `call(inputs, residuals=...)` takes ControlNet residuals
+    # (`ControlledUNet`'s bases: UNet, the SD bridge).
+    accepts_residuals = False
     guidance_embedding = False
     lora_rank = None
     lora_target = "attention"

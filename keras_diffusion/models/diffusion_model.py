@@ -1010,6 +1010,13 @@ class DiffusionModel(keras.Model):
             out["condition"] = spec.check_condition(encoded, num)
         if control is not None:
             out["control"] = spec.check_control(control, num)
+        elif spec.control_shape is not None:
+            # Without it the ControlNets would see the zero placeholder.
+            raise ValueError(
+                "This model has ControlNets: pass `control`, control images of shape "
+                f"(N, {', '.join(str(d) for d in spec.control_shape)}) (one for all samples "
+                "or one per sample); received control=None"
+            )
         return out
 
     def _sampling_options(self, sampler, clip, clip_denoised, num_steps, timesteps, spacing,

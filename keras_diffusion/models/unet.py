@@ -262,6 +262,8 @@ class UNet(Denoiser):
         )
         self.conv_out.build((b,) + hw + (c,))
 
+    accepts_residuals = True
+
     def call(self, inputs, training=None, residuals=None):
         """The prediction; `residuals` (optional, e.g. from `ControlNet`s) is a
         list of tensors added to the skip connections, in encoder order, and

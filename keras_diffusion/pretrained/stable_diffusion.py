@@ -33,6 +33,12 @@ contracts:
   the projections' attributes. Every other variable is frozen, so `fit`
   trains the LoRA factors only. The denoiser keeps `lora_rank` /
   `lora_target` in its config, so a saved model gets its factors back.
+- ControlNet: `models.ControlledUNet(denoiser)` freezes the UNet and adds a
+  `StableDiffusionControlNet` (`denoiser.control_net(...)`, module
+  `stable_diffusion_control_net`): a trainable copy of the UNet's encoder
+  whose zero-initialized residuals `StableDiffusionDenoiser.call(...,
+  residuals=...)` adds to the skips and the middle block (the UNet's layers
+  then run one by one, `stable_diffusion_unet`).
 - LCM-LoRA: `LatentConsistencyModel.from_teacher(teacher, guidance_embedding=False,
   lora_rank=4, lora_target="all" | "attention", guidance_range=w)` on a
   `LatentDiffusionModel` teacher whose denoiser is a `StableDiffusionDenoiser`
@@ -71,17 +77,18 @@ Everything here needs TensorFlow and keras-cv; they are imported when an
 adapter is built. Building the UNet takes about 100 s and 6 GB of RAM on a CPU.
 """
 
-import math
-
 import keras
 from keras import ops
 
 from keras_diffusion.models.denoiser import Denoiser
 from keras_diffusion.models.denoiser import dense_and_conv_layers
+from keras_diffusion.pretrained.stable_diffusion_unet import run_decoder
+from keras_diffusion.pretrained.stable_diffusion_unet import run_encoder
+from keras_diffusion.pretrained.stable_diffusion_unet import sd_timestep_embedding
+from keras_diffusion.pretrained.stable_diffusion_unet import unet_parts
+from keras_diffusion.utils.untracked import Untracked
 
 SCALING_FACTOR = 0.18215
-NUM_TRAIN_TIMESTEPS = 1000
-TIMESTEP_EMBEDDING_DIM = 320
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "out_proj")
 CLIP_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -95,22 +102,6 @@ def _keras_cv_sd():
             f"importing keras_cv.models.stable_diffusion failed: {e}"
         ) from e
     return stable_diffusion
-
-
-def sd_timestep_embedding(t, num_train_timesteps=NUM_TRAIN_TIMESTEPS, dim=TIMESTEP_EMBEDDING_DIM,
-                          max_period=10000):
-    """keras-cv's SD timestep embedding of continuous times `t` `[batch]`.
-
-    k = t * T - 1 (step k at t = (k + 1) / T), then
-    `[cos(k * f), sin(k * f)]` with f_i = exp(-log(max_period) * i / (dim / 2)),
-    exactly `StableDiffusion._get_timestep_embedding` for integer k.
-    """
-    t = ops.reshape(ops.cast(t, "float32"), (-1,))
-    k = t * float(num_train_timesteps) - 1.0
-    half = dim // 2
-    freqs = ops.exp(-math.log(max_period) * ops.arange(0, half, dtype="float32") / half)
-    args = k[:, None] * freqs[None, :]
-    return ops.concatenate([ops.cos(args), ops.sin(args)], axis=-1)
 
 
 def _all_layers(model):
@@ -268,7 +259,13 @@ class StableDiffusionDenoiser(Denoiser):
 
         return ScaledLinearSchedule()
 
-    def call(self, inputs, training=None):
+    accepts_residuals = True
+
+    def call(self, inputs, training=None, residuals=None):
+        """Epsilon; `residuals` (optional, from `StableDiffusionControlNet`s)
+        holds 13 tensors added to the 12 skip connections and the middle
+        block's output (then the UNet's layers run one by one, the same
+        computation as keras-cv's Functional model)."""
         self.check_inputs(inputs)
         x_t, context = inputs["x_t"], inputs["context"]
         if tuple(x_t.shape[1:]) != self.latent_shape:
@@ -286,7 +283,46 @@ class StableDiffusionDenoiser(Denoiser):
         if len(t.shape) == 0:
             t = ops.broadcast_to(t, (ops.shape(x_t)[0],))
         emb = sd_timestep_embedding(t)
-        return self.unet([x_t, emb, context], training=training)
+        if residuals is None:
+            return self.unet([x_t, emb, context], training=training)
+        parts = self.parts
+        t_emb, skips, h = run_encoder(parts, x_t, emb, context)
+        if len(residuals) != len(skips) + 1:
+            raise ValueError(
+                f"`residuals` must hold {len(skips) + 1} tensors (the skips and the middle "
+                f"block), received {len(residuals)}"
+            )
+        skips = [a + ops.cast(r, a.dtype) for a, r in zip(skips, residuals[:-1])]
+        h = h + ops.cast(residuals[-1], h.dtype)
+        return run_decoder(parts, t_emb, skips, h, context)
+
+    def control_net(self, control_channels=3, hint_channels=(16, 32, 96, 256),
+                    hint_downsampling=8, name=None):
+        """A `StableDiffusionControlNet` for this UNet (its encoder weights
+        are copied from this UNet when `ControlledUNet` builds).
+
+        Args:
+            control_channels: channels of the control image.
+            hint_channels: widths of the hint encoder's convolutions.
+            hint_downsampling: control size / latent size (8: the control
+                image has the images' pixel size).
+            name: the ControlNet's name.
+        """
+        from keras_diffusion.pretrained.stable_diffusion_control_net import (
+            StableDiffusionControlNet,
+        )
+
+        return StableDiffusionControlNet(
+            control_channels=control_channels, hint_channels=hint_channels,
+            hint_downsampling=hint_downsampling, max_text_length=self.max_text_length, name=name,
+        )
+
+    @property
+    def parts(self):
+        """keras-cv's UNet's layers by kind (`unet_parts`)."""
+        if getattr(self, "_parts", None) is None:
+            self._parts = Untracked(unet_parts(self.unet))
+        return self._parts.value
 
     def _lora_targets(self, target):
         # Denoiser.enable_lora(rank, target) enables LoRA on these layers.

@@ -86,6 +86,13 @@ class ControlNetTest(TestCase):
             model.denoiser(inputs))).max(), 1e-3)
 
     def test_bad_input(self):
+        # A base whose skips take no residuals; a list that is not ControlNets.
+        with self.assertRaisesWithArgument(ValueError, "unet", "ControlNet"):
+            ControlledUNet(ControlNet.from_unet(self.base.denoiser))
+        with self.assertRaisesWithArgument(ValueError, "unet", "MLPDenoiser"):
+            ControlledUNet(keras_diffusion.models.MLPDenoiser(data_dim=2))
+        with self.assertRaisesWithArgument(ValueError, "control_nets", "UNet"):
+            ControlledUNet(self.base.denoiser, control_nets=[self.base.denoiser])
         with self.assertRaisesWithArgument(ValueError, "conditioning_scale", "-0.5"):
             ControlledUNet(self.base.denoiser, conditioning_scale=-0.5)
         with self.assertRaisesWithArgument(ValueError, "conditioning_scale", "2 numbers"):
@@ -102,6 +109,8 @@ class ControlNetTest(TestCase):
                           batch_size=4, epochs=1, verbose=0)
         with self.assertRaisesWithArgument(ValueError, "control", "no ControlNet"):
             self.base.generate(control=self.control, **self.sample)
+        with self.assertRaisesWithArgument(ValueError, "control", "(N, 8, 8, 1)", "None"):
+            model.generate(**self.sample)
         with self.assertRaisesWithArgument(ValueError, "control", "(2, 8, 8, 1)"):
             model.denoiser({"x_t": self.images[:2], "t": np.zeros(2, "float32")})
 
