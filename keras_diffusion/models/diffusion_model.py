@@ -27,6 +27,7 @@ from keras_diffusion.utils.tensorflow_ops import has_accelerator
 from keras_diffusion.utils.tensorflow_ops import string_tensor
 from keras_diffusion.utils.weight_average import WeightAverage
 from keras_diffusion.utils.weight_average import averages_assigned
+from keras_diffusion.utils.weight_average import check_decay
 
 NAN_POLICIES = ("raise", "skip")
 # "v" is well conditioned at every noise level: its x0 = alpha x_t - sigma v
@@ -230,10 +231,7 @@ class DiffusionModel(keras.Model):
                 "`condition_dropout` must be in [0, 1], received "
                 f"condition_dropout={condition_dropout}"
             )
-        if ema_decay is not None and not 0.0 <= float(ema_decay) < 1.0:
-            raise ValueError(
-                f"`ema_decay` must be in [0, 1) or None, received ema_decay={ema_decay!r}"
-            )
+        ema_decay = check_decay(ema_decay, "ema_decay", allow_none=True)
         if int(num_eval_times) < 4 or int(num_eval_times) % 4:
             raise ValueError(
                 "`num_eval_times` must be a positive multiple of 4, received "
@@ -269,7 +267,7 @@ class DiffusionModel(keras.Model):
         self.nan_policy = nan_policy
         self.num_eval_times = int(num_eval_times)
         self.seed = seed
-        self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.ema_decay = ema_decay
         self.ema = None
         self.codec = PixelCodec()
         self.seed_generator = keras.random.SeedGenerator(seed)

@@ -3,7 +3,6 @@
 import contextlib
 import itertools
 import math
-import numbers
 import threading
 
 import keras
@@ -23,6 +22,7 @@ from keras_diffusion.utils.fitting import without_shuffle_warning
 from keras_diffusion.utils.tensorflow_ops import has_accelerator
 from keras_diffusion.utils.weight_average import WeightAverage
 from keras_diffusion.utils.weight_average import averages_assigned
+from keras_diffusion.utils.weight_average import check_decay
 
 PAD_ID = 0
 OOV_ID = 1
@@ -139,14 +139,7 @@ class MaskedDiffusionLM(keras.Model):
             raise ValueError(
                 f"`process` must be one of {list(PROCESSES)}, received process={process!r}"
             )
-        if ema_decay is not None and (
-            isinstance(ema_decay, bool) or not isinstance(ema_decay, numbers.Real)
-            or not 0.0 <= float(ema_decay) < 1.0
-        ):
-            raise ValueError(
-                f"`ema_decay` must be in [0, 1) or None, received ema_decay={ema_decay!r}"
-            )
-        self.ema_decay = None if ema_decay is None else float(ema_decay)
+        self.ema_decay = check_decay(ema_decay, "ema_decay", allow_none=True)
         self.ema = None
         self._weights_lock = threading.RLock()
         self.process = process

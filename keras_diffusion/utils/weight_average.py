@@ -1,6 +1,7 @@
 """An exponential moving average of a model's weights, with a warm-up."""
 
 import contextlib
+import numbers
 
 import keras
 from keras import ops
@@ -11,6 +12,21 @@ from keras_diffusion.utils.untracked import Untracked
 # first update copies the weights, and the average covers about the last
 # n / WARMUP + 1 steps until `decay` takes over (diffusers' EMAModel warm-up).
 WARMUP = 9.0
+
+
+def check_decay(decay, name="decay", allow_none=False):
+    """`decay` as a float in [0, 1) (or None where `allow_none`), else a
+    ValueError naming the argument `name` and the value."""
+    if decay is None and allow_none:
+        return None
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not (
+        0.0 <= float(decay) < 1.0
+    ):
+        raise ValueError(
+            f"`{name}` must be in [0, 1){' or None' if allow_none else ''}, received "
+            f"{name}={decay!r}"
+        )
+    return float(decay)
 
 
 class WeightAverage(keras.layers.Layer):
@@ -47,9 +63,7 @@ class WeightAverage(keras.layers.Layer):
 
     def __init__(self, variables, decay, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= float(decay) < 1.0:
-            raise ValueError(f"`decay` must be in [0, 1), received decay={decay!r}")
-        self.decay = float(decay)
+        self.decay = check_decay(decay)
         self._sources = Untracked(list(variables))
         # "only_first_replica": updated in a tf.distribute replica context,
         # where every replica holds the same weights after the optimizer step.

@@ -66,7 +66,7 @@ class ModelEmaTest(TestCase):
         old = kd.DiffusionModel.from_config(config)
         old.build(None)
         self.assertIsNone(old.ema)
-        for bad in (1.0, -0.5, 2):
+        for bad in (1.0, -0.5, 2, "0.9", True):
             with self.assertRaisesWithArgument(ValueError, "ema_decay", str(bad)):
                 _model(ema_decay=bad)
 
