@@ -67,6 +67,19 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StepBudget(keras.callbacks.Callback):
+    """Stops training after `steps` optimizer steps (for runs that compare
+    two settings at equal steps, whatever the machine's speed)."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) >= self.steps:
+            self.model.stop_training = True
+
+
 class LoadMonitor(keras.callbacks.Callback):
     """Records the 1-minute load average every `every` training steps."""
 
@@ -142,7 +155,15 @@ def main():
     parser.add_argument(
         "--policy", default="float32", help="float32 or mixed_bfloat16 (UNet only)"
     )
+    parser.add_argument("--train_steps", type=int, default=0,
+                        help="also stop after this many steps (0: the time budget only)")
     parser.add_argument("--ema_momentum", type=float, default=0.995)
+    parser.add_argument(
+        "--ema_source", default="model", choices=("model", "optimizer"),
+        help="model: DiffusionModel(ema_decay=...), the library's weight average with "
+        "warm-up; optimizer: Keras' AdamW(use_ema=True, ema_momentum=...), no warm-up "
+        "(the setting of the 2026-11-26 results)",
+    )
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--per_class", type=int, default=50)
     parser.add_argument("--sampler_steps", type=int, default=25)
@@ -185,13 +206,15 @@ def main():
         num_classes=10,
     )
     model = DiffusionModel(unet, schedule="cosine", prediction="v", seed=args.seed,
-                           ema_decay=args.ema_momentum)
+                           ema_decay=args.ema_momentum if args.ema_source == "model" else None)
     keras.config.set_dtype_policy("float32")
     model.compile(
         keras.optimizers.AdamW(
             args.learning_rate,
             weight_decay=0.0,
             clipnorm=1.0,
+            use_ema=args.ema_source == "optimizer",
+            ema_momentum=args.ema_momentum,
         )
     )
     load = LoadMonitor()
@@ -202,7 +225,8 @@ def main():
         y_train,
         batch_size=args.batch_size,
         epochs=args.max_epochs,
-        callbacks=[TimeBudget(60 * args.train_minutes), load],
+        callbacks=[TimeBudget(60 * args.train_minutes), load]
+        + ([StepBudget(args.train_steps)] if args.train_steps else []),
         verbose=2,
     )
     train_time = time.time() - start
@@ -239,7 +263,7 @@ def main():
         "model": f"UNet(base_channels={args.base_channels}, channel_multipliers={mults}, "
         f"num_res_blocks={args.num_res_blocks}, attention at 7x7, num_groups=8), "
         f"{unet.count_params()} parameters, {args.policy}, cosine schedule, v prediction, "
-        f"AdamW({args.learning_rate}, clipnorm 1), EMA {args.ema_momentum}",
+        f"AdamW({args.learning_rate}, clipnorm 1), EMA {args.ema_momentum} ({args.ema_source}'s)",
         "policy": args.policy,
         "cpu": f"{os.cpu_count()} cores",
         "load_average_1min_before_training": round(load_before[0], 2),
@@ -247,6 +271,7 @@ def main():
         "train_images_per_second": round(steps * args.batch_size / train_time, 1),
         "train_seconds": round(train_time, 1),
         "train_steps": steps,
+        "ema_source": args.ema_source,
         "batch_size": args.batch_size,
         "final_loss": float(history.history["loss"][-1]),
         "classifier_accuracy_on_real_train_digits": clf_acc,
