@@ -18,7 +18,11 @@ the same initial noise and the EMA weights, each configuration draws
   classifier=noisy, classifier_scale=s, guidance_scale=0)` (guidance_scale=0:
   the null-label, unconditional model, one network call per step);
 - classifier-free guidance at several scales w (w = 1: the conditional
-  model): `base.generate(labels=..., guidance_scale=w)`.
+  model): `base.generate(labels=..., guidance_scale=w)`. Scales w < 1 move
+  from the unconditional model (w = 0) towards the conditional one: they
+  give classifier-free configurations in the Frechet-distance range of the
+  classifier-guided ones (the unconditional model's, far above the
+  conditional model's), so that the two are compared at equal FD.
 
 Reported per configuration: judge accuracy on the requested labels (overall
 and per class) and the Frechet distance between the judge's penultimate
@@ -28,7 +32,7 @@ The comparison is classifier guidance vs classifier-free guidance at about
 the same Frechet distance.
 
 Usage:
-    python benchmarks/classifier_guidance_mnist.py [--classifier_steps 400]
+    python benchmarks/classifier_guidance_mnist.py [--classifier_steps 1500]
 """
 
 import argparse
@@ -74,11 +78,11 @@ def main():
     parser.add_argument("--base", default=os.path.join(HERE, "results", "mnist.keras"))
     parser.add_argument("--judge", default="",
                         help="a saved mnist.py classifier(); default: train it here")
-    parser.add_argument("--classifier_steps", type=int, default=400)
+    parser.add_argument("--classifier_steps", type=int, default=1500)
     parser.add_argument("--classifier_minutes", type=float, default=8.0,
                         help="a wall-time cap on the classifier's training")
     parser.add_argument("--classifier_scales", default="1,3,10")
-    parser.add_argument("--cfg_scales", default="1,3")
+    parser.add_argument("--cfg_scales", default="0.1,0.25,0.5,1,3")
     parser.add_argument("--per_class", type=int, default=25)
     parser.add_argument("--num_steps", type=int, default=20)
     parser.add_argument("--batch_size", type=int, default=125)
