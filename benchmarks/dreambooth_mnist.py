@@ -9,6 +9,10 @@ the same number of steps, from the same copy:
 
 - with prior preservation: `prior_preservation_data` mixes the 5 subject
   images with 200 class images of 3 drawn by the frozen base (lambda = 1);
+- with prior preservation on every class: the same, with 200 images of the
+  classes 0-9 (20 each) from the frozen base, each under its own label (the
+  class-conditional analogue of keeping the whole prior, not only the
+  subject's class);
 - without: the 5 subject images alone.
 
 Then, for the base and each fine-tuned model, dpm_solver x20 at guidance 3:
@@ -164,15 +168,21 @@ def main():
         **{k: v for k, v in sample.items() if k != "verbose"})
     class_seconds = time.time() - start
     class_thick = float(np.mean(is_thick(class_images)))
+    every_label = np.arange(args.num_class_images) % 10
+    every_class = base.generate(labels=every_label, seed=args.seed + 3, **sample)
 
     runs = {}
-    for name, prior in (("with_prior_preservation", True), ("without_prior_preservation", False)):
+    priors = {"with_prior_preservation": (class_images, 3),
+              "with_prior_preservation_every_class": (every_class, every_label),
+              "without_prior_preservation": None}
+    for name, prior in priors.items():
         tuned = dreambooth.add_label(base, init_from=3)
         per_step = args.batch_size / (1 + args.prior_loss_weight) if prior else args.batch_size
         repeats = int(np.ceil(args.steps * per_step / len(subject)))
+        images, labels = prior or (None, None)
         data = dreambooth.prior_preservation_data(
-            subject, NEW_LABEL, class_images, 3, prior_loss_weight=args.prior_loss_weight,
-            repeats=repeats, prior_preservation=prior, seed=args.seed)
+            subject, NEW_LABEL, images, labels, prior_loss_weight=args.prior_loss_weight,
+            repeats=repeats, prior_preservation=prior is not None, seed=args.seed)
         tuned.compile(keras.optimizers.AdamW(args.learning_rate, weight_decay=0.0, clipnorm=1.0))
         start = time.time()
         history = tuned.fit(data, batch_size=args.batch_size, epochs=1, verbose=0,
@@ -188,13 +198,14 @@ def main():
                       "subject_share": float(np.mean(data["labels"] == NEW_LABEL)),
                       "final_loss": float(history.history["loss"][-1])}
 
-    # Grid: rows 0-9 then the new label; base | with prior | without prior.
+    # Grid: rows 0-9 then the new label; base | with prior (class 3) | with
+    # prior (every class) | without prior.
     blank = -np.ones((6, 28, 28, 1), "float32")
     blocks = []
     for r in range(11):
-        row = [grids["base"][6 * r:6 * r + 6] if r < 10 else blank, blank[:1]]
-        row += [grids["with_prior_preservation"][6 * r:6 * r + 6], blank[:1],
-                grids["without_prior_preservation"][6 * r:6 * r + 6]]
+        row = [grids["base"][6 * r:6 * r + 6] if r < 10 else blank]
+        for name in priors:
+            row += [blank[:1], grids[name][6 * r:6 * r + 6]]
         blocks.append(np.concatenate(row))
     save_image_grid(np.concatenate(blocks), os.path.join(args.out, "dreambooth_mnist.png"),
                     num_rows=11, scale=2)
@@ -205,8 +216,9 @@ def main():
     for i, image in enumerate(subject):
         Image.fromarray(image[..., 0]).save(os.path.join(subject_dir, f"{i}.png"))
 
-    with_p, without_p, b = (results["with_prior_preservation"],
-                            results["without_prior_preservation"], results["base"])
+    with_p, every_p, without_p, b = (
+        results["with_prior_preservation"], results["with_prior_preservation_every_class"],
+        results["without_prior_preservation"], results["base"])
     report = {
         "benchmark": "dreambooth_mnist",
         "command": "nice -n 19 python benchmarks/dreambooth_mnist.py " + " ".join(
@@ -222,7 +234,8 @@ def main():
         "fine_tuning": f"full, AdamW({args.learning_rate}), batch {args.batch_size}, no EMA, "
                        f"prior_loss_weight {args.prior_loss_weight}",
         "class_images": {"num": args.num_class_images, "seconds": round(class_seconds, 1),
-                         "style_fraction": class_thick},
+                         "style_fraction": class_thick,
+                         "every_class_style_fraction": float(np.mean(is_thick(every_class)))},
         "sampler": f"dpm_solver x{args.num_steps}, guidance {args.guidance}",
         "style_classifier": {"thick_on_thickened_real": style_tp,
                              "thick_on_real": style_fp, "seconds": round(style_seconds, 1)},
@@ -251,7 +264,8 @@ def main():
         + "; ".join(f"{k}: {v['train_steps']} steps in {v['train_seconds']:.0f} s, subject share "
                     f"{v['subject_share']:.2f}" for k, v in runs.items()),
         f"- class images: {args.num_class_images} 3s from the frozen base "
-        f"({class_seconds:.0f} s; style fraction {class_thick:.2f})",
+        f"({class_seconds:.0f} s; style fraction {class_thick:.2f}); for the every-class "
+        f"prior, {args.num_class_images} of the classes 0-9",
         f"- sampling: {report['sampler']}; {args.per_class} per class 0-9, {args.num_new} of "
         "label 10",
         f"- style classifier (small CNN on held-out digits as drawn / thickened): calls "
@@ -263,19 +277,22 @@ def main():
         "classes | judge acc. 0-9 | judge acc. class 3 |",
         "|---|---|---|---|---|---|---|",
         line("base (before)", b),
-        line("DreamBooth, prior preservation", with_p),
+        line("DreamBooth, prior preservation (class 3)", with_p),
+        line("DreamBooth, prior preservation (every class)", every_p),
         line("fine-tuned, no prior preservation", without_p),
         "",
         "Drift (judge accuracy on classes 0-9, after - before): with prior preservation "
-        f"{with_p['judge_accuracy_classes_0_9'] - b['judge_accuracy_classes_0_9']:+.3f}, "
-        "without "
+        f"{with_p['judge_accuracy_classes_0_9'] - b['judge_accuracy_classes_0_9']:+.3f} "
+        "(class 3), "
+        f"{every_p['judge_accuracy_classes_0_9'] - b['judge_accuracy_classes_0_9']:+.3f} "
+        "(every class), without "
         f"{without_p['judge_accuracy_classes_0_9'] - b['judge_accuracy_classes_0_9']:+.3f}; "
         "style leak into class 3 (style fraction after - before): with "
         f"{with_p['style_fraction_class_3'] - b['style_fraction_class_3']:+.2f}, without "
         f"{without_p['style_fraction_class_3'] - b['style_fraction_class_3']:+.2f}.",
         "",
         "Grid (dreambooth_mnist.png): rows are classes 0-9 then label 10; columns base | "
-        "with prior preservation | without.",
+        "with prior preservation (class 3) | (every class) | without.",
         f"Machine: {report['machine']}, load average {report['load_average']:.1f}; Keras "
         f"{keras.__version__} ({keras.backend.backend()}); {report['total_seconds']:.0f} s in all.",
         f"Rerun: `{report['command']}`",

@@ -95,7 +95,9 @@ def prior_preservation_data(instance_images, instance_label, class_images=None,
             `add_label`).
         class_images: images of the class drawn by the frozen base
             (`generate_class_images`); required when `prior_preservation`.
-        class_label: their label.
+        class_label: their label: one int (DreamBooth's class prior), or
+            one label per class image (a prior over several classes, e.g.
+            samples of every class of a class-conditional base).
         prior_loss_weight: lambda > 0: class examples per subject example.
         repeats: how often each subject image appears per epoch.
         prior_preservation: False gives the subject images alone (plain
@@ -124,6 +126,14 @@ def prior_preservation_data(instance_images, instance_label, class_images=None,
             )
         if class_label is None:
             raise ValueError("prior_preservation=True needs `class_label`, received None")
+        class_labels = np.asarray(class_label)
+        if class_labels.ndim > 1 or (
+            class_labels.ndim == 1 and len(class_labels) != len(class_images)
+        ):
+            raise ValueError(
+                "`class_label` must be one label or one per class image "
+                f"({len(class_images)}), received shape {class_labels.shape}"
+            )
         if not float(prior_loss_weight) > 0:
             raise ValueError(
                 f"`prior_loss_weight` must be > 0, received prior_loss_weight={prior_loss_weight}"
@@ -137,7 +147,9 @@ def prior_preservation_data(instance_images, instance_label, class_images=None,
         num_prior = int(round(float(prior_loss_weight) * len(images)))
         index = np.arange(num_prior) % len(class_images)
         images = np.concatenate([_as_float(images), _as_float(class_images[index])])
-        labels = np.concatenate([labels, np.full((num_prior,), int(class_label), "int32")])
+        prior_labels = (np.full((num_prior,), int(class_labels), "int32") if class_labels.ndim == 0
+                        else class_labels[index].astype("int32"))
+        labels = np.concatenate([labels, prior_labels])
     order = np.random.default_rng(seed).permutation(len(images))
     return {"images": images[order], "labels": labels[order]}
 

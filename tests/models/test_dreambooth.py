@@ -31,6 +31,10 @@ class DreamBoothTest(TestCase):
         self.assertEqual(data["images"].shape, (12, 8, 8, 1))
         self.assertEqual(np.bincount(data["labels"]).tolist(), [0, 4, 0, 8])
         self.assertLessEqual(np.abs(data["images"]).max(), 1.0)
+        # A prior over several classes: one label per class image.
+        several = dreambooth.prior_preservation_data(subject, 3, class_images, [0, 0, 1, 1, 2, 2],
+                                                     prior_loss_weight=2.0, repeats=2)
+        self.assertEqual(np.bincount(several["labels"]).tolist(), [4, 2, 2, 4])
         tuned.denoiser.enable_lora(2)  # LoRA fine-tuning: only the LoRA weights train.
         frozen = [keras.ops.convert_to_numpy(v) for v in tuned.denoiser.non_trainable_weights]
         history = tuned.fit(data, batch_size=12, epochs=1, verbose=0)
@@ -45,6 +49,8 @@ class DreamBoothTest(TestCase):
             dreambooth.prior_preservation_data(subject, 3)
         with self.assertRaisesWithArgument(ValueError, "class_images", "(4, 4, 1)"):
             dreambooth.prior_preservation_data(subject, 3, np.zeros((2, 4, 4, 1)), 1)
+        with self.assertRaisesWithArgument(ValueError, "class_label", "2", "(3,)"):
+            dreambooth.prior_preservation_data(subject, 3, subject, [0, 1, 2])
         with self.assertRaisesWithArgument(ValueError, "prior_loss_weight", "0"):
             dreambooth.prior_preservation_data(subject, 3, subject, 1, prior_loss_weight=0)
         data = dreambooth.prior_preservation_data(subject, 3, prior_preservation=False,
