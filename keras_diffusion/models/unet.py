@@ -11,6 +11,7 @@ from keras_diffusion.layers import TimestepEmbedding
 from keras_diffusion.layers import Upsample
 from keras_diffusion.models.presets import UNET_PRESETS
 from keras_diffusion.models.denoiser import Denoiser
+from keras_diffusion.models.denoiser import add_residuals
 
 
 @keras.saving.register_keras_serializable(package="keras_diffusion")
@@ -272,13 +273,7 @@ class UNet(Denoiser):
         hs, h, emb = self._encode(x, t, labels, context, training,
                                   guidance=inputs.get("guidance"))
         if residuals is not None:
-            if len(residuals) != len(hs) + 1:
-                raise ValueError(
-                    f"`residuals` must hold {len(hs) + 1} tensors (the skips and the "
-                    f"middle block), received {len(residuals)}"
-                )
-            hs = [a + ops.cast(r, a.dtype) for a, r in zip(hs, residuals[:-1])]
-            h = h + ops.cast(residuals[-1], h.dtype)
+            hs, h = add_residuals(hs, h, residuals)
         return self._decode(hs, h, emb, context, training)
 
     def _encode(self, x, t, labels, context, training, hint=None, guidance=None):

@@ -81,6 +81,7 @@ import keras
 from keras import ops
 
 from keras_diffusion.models.denoiser import Denoiser
+from keras_diffusion.models.denoiser import add_residuals
 from keras_diffusion.models.denoiser import dense_and_conv_layers
 from keras_diffusion.pretrained.stable_diffusion_unet import run_decoder
 from keras_diffusion.pretrained.stable_diffusion_unet import run_encoder
@@ -287,13 +288,7 @@ class StableDiffusionDenoiser(Denoiser):
             return self.unet([x_t, emb, context], training=training)
         parts = self.parts
         t_emb, skips, h = run_encoder(parts, x_t, emb, context)
-        if len(residuals) != len(skips) + 1:
-            raise ValueError(
-                f"`residuals` must hold {len(skips) + 1} tensors (the skips and the middle "
-                f"block), received {len(residuals)}"
-            )
-        skips = [a + ops.cast(r, a.dtype) for a, r in zip(skips, residuals[:-1])]
-        h = h + ops.cast(residuals[-1], h.dtype)
+        skips, h = add_residuals(skips, h, residuals)
         return run_decoder(parts, t_emb, skips, h, context)
 
     def control_net(self, control_channels=3, hint_channels=(16, 32, 96, 256),

@@ -4,6 +4,8 @@ import keras
 from keras import ops
 
 from keras_diffusion.layers import HintEncoder
+from keras_diffusion.models.control_net import check_control_options
+from keras_diffusion.models.control_net import copy_layer_weights
 from keras_diffusion.models.denoiser import Denoiser
 from keras_diffusion.pretrained.stable_diffusion_unet import TIMESTEP_EMBEDDING_DIM
 from keras_diffusion.pretrained.stable_diffusion_unet import UNET_HEADS
@@ -77,14 +79,8 @@ class StableDiffusionControlNet(Denoiser):
     def __init__(self, control_channels=3, hint_channels=(16, 32, 96, 256), hint_downsampling=8,
                  max_text_length=77, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(control_channels, bool) or int(control_channels) < 1:
-            raise ValueError(
-                f"`control_channels` must be a positive int, received "
-                f"control_channels={control_channels!r}"
-            )
-        self.control_channels = int(control_channels)
-        self.hint_channels = tuple(int(c) for c in hint_channels)
-        self.hint_downsampling = int(hint_downsampling)
+        self.control_channels, self.hint_channels, self.hint_downsampling = (
+            check_control_options(control_channels, hint_channels, hint_downsampling))
         self.max_text_length = int(max_text_length)
         self.hint_encoder = HintEncoder(UNET_LEVELS[0][0], self.hint_channels,
                                         self.hint_downsampling, name="hint_encoder")
@@ -158,14 +154,7 @@ class StableDiffusionControlNet(Denoiser):
         source = unet_parts(denoiser.unet)
         target = self.parts
         for kind, count in _ENCODER_COUNTS.items():
-            for src, dst in zip(source[kind][:count], target[kind]):
-                if [tuple(w.shape) for w in src.weights] != [tuple(w.shape) for w in dst.weights]:
-                    raise ValueError(
-                        f"The UNet's layer {src.name} does not match the ControlNet's "
-                        f"{dst.name}"
-                    )
-                for a, b in zip(src.weights, dst.weights):
-                    b.assign(ops.convert_to_numpy(a))
+            copy_layer_weights(zip(source[kind][:count], target[kind]))
 
     def compute_output_shape(self, input_shape):
         raise NotImplementedError("A ControlNet returns a list of residuals")

@@ -32,6 +32,27 @@ def _changed(before, after):
     return [path for (path, a), (_, b) in zip(before, after) if a != b]
 
 
+def _tiny_latent_model(denoiser, prompts):
+    """A `LatentDiffusionModel` of the 64x64 SD UNet `denoiser` (8x8x4
+    latents) with a tiny VAE (16x16x1 pixels -> those latents) and a tiny
+    text encoder giving its (4, 768) context, adapted to `prompts`; built."""
+    from keras_diffusion.models import VAE
+    from keras_diffusion.models import LatentDiffusionModel
+    from keras_diffusion.models import TextConditioner
+    from keras_diffusion.schedules import ScaledLinearSchedule
+
+    vae = VAE(input_channels=1, latent_channels=4, base_channels=8, channel_multipliers=(1, 1),
+              num_res_blocks=1, num_groups=4, mid_attention=False, scaling_factor=2.0)
+    encoder = TextConditioner(vocabulary_size=20, sequence_length=4, embedding_dim=768,
+                              num_layers=1, num_heads=1, intermediate_dim=64)
+    encoder.adapt(prompts)
+    model = LatentDiffusionModel(vae, denoiser, text_encoder=encoder,
+                                 schedule=ScaledLinearSchedule(), prediction="epsilon",
+                                 pixel_shape=(16, 16, 1), seed=0)
+    model.build(None)
+    return model
+
+
 def _lora_step(model, inputs, target_fn):
     """One SGD step on the trainable variables; returns the paths of the
     weights it changed (by digest: no copy of the 860M UNet's weights kept)."""
@@ -171,13 +192,9 @@ class BridgeTest(TestCase):
         import keras
         import tensorflow as tf
 
-        from keras_diffusion.models import VAE
         from keras_diffusion.models import LatentConsistencyModel
-        from keras_diffusion.models import LatentDiffusionModel
-        from keras_diffusion.models import TextConditioner
         from keras_diffusion.pretrained.stable_diffusion import StableDiffusionDenoiser
         from keras_diffusion.pretrained.stable_diffusion import lora_weights
-        from keras_diffusion.schedules import ScaledLinearSchedule
 
         # The denoiser contract (models.Denoiser). 64x64 pixels for SD's VAE:
         # the latents are 8x8x4.
@@ -201,16 +218,9 @@ class BridgeTest(TestCase):
             unet.enable_lora(4, "al")
 
         prompts = ["a red square", "a blue dot"]
-        vae = VAE(input_channels=1, latent_channels=4, base_channels=8, channel_multipliers=(1, 1),
-                  num_res_blocks=1, num_groups=4, mid_attention=False, scaling_factor=2.0)
-        encoder = TextConditioner(vocabulary_size=20, sequence_length=4, embedding_dim=768,
-                                  num_layers=1, num_heads=1, intermediate_dim=64)
-        encoder.adapt(prompts)
-        teacher = LatentDiffusionModel(vae, unet, text_encoder=encoder,
-                                       schedule=ScaledLinearSchedule(), prediction="epsilon",
-                                       pixel_shape=(16, 16, 1), seed=0)
-        teacher.build(None)
-        encoder.trainable = False  # shared with the student, which must not train it
+        teacher = _tiny_latent_model(unet, prompts)
+        # The encoder is shared with the student, which must not train it.
+        teacher.text_encoder.trainable = False
         teacher_before = _fingerprints(teacher.weights)
 
         lcm = LatentConsistencyModel.from_teacher(

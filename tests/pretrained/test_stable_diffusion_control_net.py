@@ -7,6 +7,7 @@ from keras import ops
 from keras_diffusion.testing import TestCase
 from tests.pretrained.test_stable_diffusion import _changed
 from tests.pretrained.test_stable_diffusion import _fingerprints
+from tests.pretrained.test_stable_diffusion import _tiny_latent_model
 
 
 class StableDiffusionControlNetTest(TestCase):
@@ -22,17 +23,13 @@ class StableDiffusionControlNetTest(TestCase):
         import keras
         import tensorflow as tf
 
-        from keras_diffusion.models import VAE
         from keras_diffusion.models import ControlledUNet
-        from keras_diffusion.models import LatentDiffusionModel
-        from keras_diffusion.models import TextConditioner
         from keras_diffusion.pretrained.stable_diffusion import StableDiffusionDenoiser
         from keras_diffusion.pretrained.stable_diffusion_control_net import (
             StableDiffusionControlNet,
         )
         from keras_diffusion.pretrained.stable_diffusion_unet import run_encoder
         from keras_diffusion.pretrained.stable_diffusion_unet import sd_timestep_embedding
-        from keras_diffusion.schedules import ScaledLinearSchedule
 
         unet = StableDiffusionDenoiser(64, 64, max_text_length=4)
         rng = np.random.default_rng(0)
@@ -80,17 +77,9 @@ class StableDiffusionControlNetTest(TestCase):
 
         # fit on {"images", "control", "text"} with a frozen base.
         prompts = ["a red square", "a blue dot"]
-        vae = VAE(input_channels=1, latent_channels=4, base_channels=8, channel_multipliers=(1, 1),
-                  num_res_blocks=1, num_groups=4, mid_attention=False, scaling_factor=2.0)
-        encoder = TextConditioner(vocabulary_size=20, sequence_length=4, embedding_dim=768,
-                                  num_layers=1, num_heads=1, intermediate_dim=64)
-        encoder.adapt(prompts)
-        diffusion = LatentDiffusionModel(vae, model, text_encoder=encoder,
-                                         schedule=ScaledLinearSchedule(), prediction="epsilon",
-                                         pixel_shape=(16, 16, 1), seed=0)
-        diffusion.build(None)
-        encoder.trainable = False
-        vae.trainable = False
+        diffusion = _tiny_latent_model(model, prompts)
+        diffusion.text_encoder.trainable = False
+        diffusion.vae.trainable = False
         self.assertEqual(set(map(id, diffusion.trainable_variables)),
                          set(map(id, net.trainable_variables)))
         base_before = _fingerprints(unet.weights)
