@@ -78,6 +78,20 @@ DIT_PRESETS = {
     for size, (n, d, h) in _DIT_SIZES.items()
     for p in (2, 4, 8)
 }
+# A recipe measured on the shipped MNIST digits (28x28x1: 7x7 tokens of 4x4
+# patches; 1,281,680 parameters): with v prediction, the cosine schedule,
+# AdamW(1e-3, clipnorm 1, 500 linear warm-up steps), the weight average 0.999
+# and batch 64, 99.8% judge accuracy after 9,199 steps (22 min on 2 CPU
+# cores, 1.98x the UNet's time; benchmarks/results/dit_mnist.md) and
+# training/configs/dit_mnist.py.
+DIT_PRESETS["dit_mnist"] = {
+    "input_channels": 1,
+    "patch_size": 4,
+    "hidden_dim": 128,
+    "depth": 4,
+    "num_heads": 4,
+    "num_classes": 10,
+}
 
 # MMDiT (Esser et al. 2024, Sec. 5.3): one knob, the depth d; hidden width
 # 64 * d and d heads of 64 channels. SD3's latents have 16 channels, patch

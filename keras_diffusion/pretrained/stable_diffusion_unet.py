@@ -68,7 +68,7 @@ def unet_parts(unet):
     return parts
 
 
-def run_encoder(parts, x, emb, context, hint=None, training=None):
+def run_encoder(parts, x, emb, context, hint=None):
     """The time embedding, conv_in (+ `hint`), the down blocks and the
     middle block of `parts` (`unet_parts`, or a ControlNet's copy of the
     encoder); returns `(t_emb, skips, h)`: the 12 skip tensors and the

@@ -166,7 +166,8 @@ class DiTTest(TestCase):
         # fast; the full build is checked for DiT-S/2 here and for DiT-XL/2
         # in the slow test below.
         block_params = {}
-        for name, config in DIT_PRESETS.items():
+        for name in DIT_PAPER_PARAMS:
+            config = DIT_PRESETS[name]
             key = (config["hidden_dim"], config["num_heads"])
             if key not in block_params:
                 block = DiTBlock(config["hidden_dim"], config["num_heads"])
@@ -186,6 +187,14 @@ class DiTTest(TestCase):
                 # channels) has 675,129,632; 4 output channels drop the
                 # last layer's 1152 x 16 + 16 weights.
                 self.assertEqual(count, 675_129_632 - 1152 * 16 - 16)
+
+    def test_mnist_preset(self):
+        # The recipe of benchmarks/results/dit_mnist.md: 28x28x1 digits, 10 classes.
+        model = DiT.from_preset("dit_mnist")
+        out = model({"x_t": np.zeros((2, 28, 28, 1), "float32"), "t": np.ones((2,), "float32"),
+                     "labels": np.array([3, 10], "int32")})
+        self.assertEqual(tuple(out.shape), (2, 28, 28, 1))
+        self.assertEqual(model.count_params(), 1_281_680)
 
 
 @pytest.mark.slow
