@@ -54,19 +54,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from mnist import frechet_distance  # noqa: E402
+from mnist import StepBudget  # noqa: E402
 from mnist import TimeBudget  # noqa: E402
 from mnist import load_digits  # noqa: E402
 from mnist import trained_judge  # noqa: E402
-
-
-class StepBudget(keras.callbacks.Callback):
-    def __init__(self, steps):
-        super().__init__()
-        self.steps = steps
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) >= self.steps:
-            self.model.stop_training = True
 
 
 def parse_scales(text):
