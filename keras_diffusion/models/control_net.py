@@ -25,10 +25,11 @@ def copy_layer_weights(pairs):
     """Assigns the weights of each `(source, target)` layer pair, source to
     target; a ValueError where their weights' shapes differ."""
     for src, dst in pairs:
-        if [tuple(w.shape) for w in src.weights] != [tuple(w.shape) for w in dst.weights]:
+        shapes = [tuple(w.shape) for w in src.weights], [tuple(w.shape) for w in dst.weights]
+        if shapes[0] != shapes[1]:
             raise ValueError(
-                f"The UNet's layer {src.name} does not match the ControlNet's {dst.name} "
-                f"({len(src.weights)} vs {len(dst.weights)} weights)"
+                f"The UNet's layer {src.name} does not match the ControlNet's {dst.name}: "
+                f"weight shapes {shapes[0]} vs {shapes[1]}"
             )
         for a, b in zip(src.weights, dst.weights):
             # A copy: on JAX, sharing the base's buffer would make the train

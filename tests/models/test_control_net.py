@@ -10,6 +10,7 @@ import keras_diffusion
 from keras_diffusion.models import ControlledUNet
 from keras_diffusion.models import ControlNet
 from keras_diffusion.models import UNet
+from keras_diffusion.models.control_net import copy_layer_weights
 from keras_diffusion.testing import TestCase
 
 
@@ -86,6 +87,12 @@ class ControlNetTest(TestCase):
             model.denoiser(inputs))).max(), 1e-3)
 
     def test_bad_input(self):
+        # Copying an encoder of other shapes names the layers and the shapes.
+        a, b = keras.layers.Dense(3, name="a"), keras.layers.Dense(4, name="b")
+        a.build((None, 2))
+        b.build((None, 2))
+        with self.assertRaisesWithArgument(ValueError, "a", "b", "(2, 3)", "(2, 4)"):
+            copy_layer_weights([(a, b)])
         # A base whose skips take no residuals; a list that is not ControlNets.
         with self.assertRaisesWithArgument(ValueError, "unet", "ControlNet"):
             ControlledUNet(ControlNet.from_unet(self.base.denoiser))
