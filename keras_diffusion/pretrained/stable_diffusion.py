@@ -291,26 +291,20 @@ class StableDiffusionDenoiser(Denoiser):
         skips, h = add_residuals(skips, h, residuals)
         return run_decoder(parts, t_emb, skips, h, context)
 
-    def control_net(self, control_channels=3, hint_channels=(16, 32, 96, 256),
-                    hint_downsampling=8, name=None):
+    def control_net(self, **kwargs):
         """A `StableDiffusionControlNet` for this UNet (its encoder weights
         are copied from this UNet when `ControlledUNet` builds).
 
         Args:
-            control_channels: channels of the control image.
-            hint_channels: widths of the hint encoder's convolutions.
-            hint_downsampling: control size / latent size (8: the control
-                image has the images' pixel size).
-            name: the ControlNet's name.
+            **kwargs: `StableDiffusionControlNet` arguments
+                (`control_channels`, `hint_channels`, `hint_downsampling`,
+                `name`); the context length is this UNet's.
         """
         from keras_diffusion.pretrained.stable_diffusion_control_net import (
             StableDiffusionControlNet,
         )
 
-        return StableDiffusionControlNet(
-            control_channels=control_channels, hint_channels=hint_channels,
-            hint_downsampling=hint_downsampling, max_text_length=self.max_text_length, name=name,
-        )
+        return StableDiffusionControlNet(max_text_length=self.max_text_length, **kwargs)
 
     @property
     def parts(self):

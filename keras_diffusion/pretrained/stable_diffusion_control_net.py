@@ -13,7 +13,6 @@ from keras_diffusion.pretrained.stable_diffusion_unet import UNET_LEVELS
 from keras_diffusion.pretrained.stable_diffusion_unet import UNET_MIDDLE
 from keras_diffusion.pretrained.stable_diffusion_unet import run_encoder
 from keras_diffusion.pretrained.stable_diffusion_unet import sd_timestep_embedding
-from keras_diffusion.pretrained.stable_diffusion_unet import unet_parts
 
 # The encoder's layers by kind (`unet_parts`), how many of each the copy has.
 _ENCODER_COUNTS = {"dense": 2, "activation": 1, "conv": 4, "res": 10, "attn": 7}
@@ -146,12 +145,12 @@ class StableDiffusionControlNet(Denoiser):
     def copy_encoder_from(self, denoiser):
         """Assigns `denoiser`'s (a `StableDiffusionDenoiser`) encoder weights
         to this ControlNet's copy."""
-        if not isinstance(getattr(denoiser, "unet", None), keras.Model):
+        source = getattr(denoiser, "parts", None)
+        if not isinstance(source, dict):
             raise ValueError(
                 "`denoiser` must be a StableDiffusionDenoiser, received "
                 f"{type(denoiser).__name__}"
             )
-        source = unet_parts(denoiser.unet)
         target = self.parts
         for kind, count in _ENCODER_COUNTS.items():
             copy_layer_weights(zip(source[kind][:count], target[kind]))
